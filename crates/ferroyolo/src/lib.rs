@@ -15,4 +15,7 @@ pub mod output;
 pub mod predict;
 pub mod weights;
 
+#[doc(hidden)]
+pub mod testing;
+
 // pub use predict::{Detection, PredictOptions, Results, Yolo};
