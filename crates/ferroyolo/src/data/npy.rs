@@ -27,7 +27,7 @@ pub fn read_npz(path: impl AsRef<Path>) -> Result<Vec<(String, NpyArray)>> {
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i)?;
-        let name = entry.name().trim_end_matches(".npy").to_string();
+        let name = entry.name()?.trim_end_matches(".npy").to_string();
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes)?;
         out.push((name.clone(), parse_npy(&bytes).with_context(|| format!("array {name}"))?));
