@@ -1,1 +1,39 @@
-fn main() {}
+//! `ferroyolo`: the command line, in the Ultralytics style (`ferroyolo predict model=yolo26n.pt
+//! source=bus.jpg`); `--key value` works as well as `key=value`.
+
+mod args;
+mod info;
+mod predict;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ferroyolo", version, about = "YOLO26 object detection in pure Rust", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Detect objects in images, directories, globs, list files or URLs.
+    Predict(predict::PredictArgs),
+    /// Show a model's layers, parameter counts, GFLOPs and class names.
+    Info(info::InfoArgs),
+    /// Convert a model to another format (safetensors).
+    Export(info::ExportArgs),
+}
+
+fn main() {
+    let cli = Cli::parse_from(args::normalize(std::env::args()));
+    let result: Result<()> = match cli.command {
+        Command::Predict(a) => predict::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Export(a) => info::export(a),
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,721 @@
+//! The YOLO26 detection network in one file: its building blocks, how each is filled from named
+//! weights (Ultralytics state_dict names), and the forward pass.
+//!
+//! Every block keeps the weights exactly as the checkpoint names them, so that saving, training
+//! and channel surgery can work on the same structures; for inference each Conv+BatchNorm pair is
+//! also folded into a single engine convolution when it is loaded.
+
+use anyhow::{bail, Result};
+
+use super::config::{LayerNode, LayerSpec, ModelPlan};
+use super::weights::WeightStore;
+use crate::engine::{self, Activation, Conv2d, Tensor};
+
+/// BatchNorm epsilon used by every YOLO26 BatchNorm layer.
+pub const BN_EPS: f32 = 1e-3;
+
+/// BatchNorm2d parameters and running statistics.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    pub eps: f32,
+}
+
+/// Ultralytics `Conv`: Conv2d (no bias) → BatchNorm2d → SiLU (or identity).
+#[derive(Clone, Debug)]
+pub struct ConvBn {
+    /// Unfolded convolution weight, `[c2, c1/groups, k, k]`.
+    pub weight: Vec<f32>,
+    pub bn: BatchNorm,
+    pub act: Activation,
+    /// The same layer with BatchNorm folded in, used for inference.
+    folded: Conv2d,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    fn load(ws: &mut dyn WeightStore, prefix: &str, c1: usize, c2: usize, k: usize, s: usize, groups: usize, act: bool) -> Result<Self> {
+        let weight = ws.take(&format!("{prefix}.conv.weight"), &[c2, c1 / groups, k, k])?;
+        let bn = BatchNorm {
+            weight: ws.take(&format!("{prefix}.bn.weight"), &[c2])?,
+            bias: ws.take(&format!("{prefix}.bn.bias"), &[c2])?,
+            running_mean: ws.take(&format!("{prefix}.bn.running_mean"), &[c2])?,
+            running_var: ws.take(&format!("{prefix}.bn.running_var"), &[c2])?,
+            eps: BN_EPS,
+        };
+        ws.skip(&format!("{prefix}.bn.num_batches_tracked"));
+        let (w, b) = fold_batchnorm(&weight, &bn);
+        let folded = Conv2d::new(c1, c2, k, s, k / 2, groups, w, Some(b))?;
+        let act = if act { Activation::Silu } else { Activation::Identity };
+        Ok(Self { weight, bn, act, folded })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.folded.forward(x, self.act)
+    }
+
+    /// The folded inference convolution.
+    pub fn folded(&self) -> &Conv2d {
+        &self.folded
+    }
+
+    /// Output spatial size for an input of `h × w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let (k, s, p) = (self.folded.kernel(), self.folded.stride(), self.folded.padding());
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    /// Floating-point operations (2 per multiply-add) for an input of `h × w`.
+    pub fn flops(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = self.out_size(h, w);
+        self.folded.flops(oh, ow)
+    }
+}
+
+/// Folds BatchNorm into the preceding convolution: w' = w·γ/σ, b' = β − μ·γ/σ.
+pub fn fold_batchnorm(weight: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
+    let c2 = bn.weight.len();
+    let per_out = weight.len() / c2;
+    let mut w = weight.to_vec();
+    let mut b = vec![0.0; c2];
+    for o in 0..c2 {
+        let scale = bn.weight[o] / (bn.running_var[o] + bn.eps).sqrt();
+        w[o * per_out..(o + 1) * per_out].iter_mut().for_each(|v| *v *= scale);
+        b[o] = bn.bias[o] - bn.running_mean[o] * scale;
+    }
+    (w, b)
+}
+
+/// Plain Conv2d with bias (the last 1×1 convolution of each Detect branch).
+#[derive(Clone, Debug)]
+pub struct BiasConv {
+    pub conv: Conv2d,
+}
+
+impl BiasConv {
+    fn load(ws: &mut dyn WeightStore, prefix: &str, c1: usize, c2: usize) -> Result<Self> {
+        let w = ws.take(&format!("{prefix}.weight"), &[c2, c1, 1, 1])?;
+        let b = ws.take(&format!("{prefix}.bias"), &[c2])?;
+        Ok(Self { conv: Conv2d::new(c1, c2, 1, 1, 0, 1, w, Some(b))? })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.conv.forward(x, Activation::Identity)
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.conv.flops(h, w)
+    }
+}
+
+/// `x + cv2(cv1(x))` when `add`, else `cv2(cv1(x))`.
+#[derive(Clone, Debug)]
+pub struct Bottleneck {
+    pub cv1: ConvBn,
+    pub cv2: ConvBn,
+    pub add: bool,
+}
+
+impl Bottleneck {
+    fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, shortcut: bool, e: f64) -> Result<Self> {
+        let c_ = (c2 as f64 * e) as usize;
+        Ok(Self {
+            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 3, 1, 1, true)?,
+            cv2: ConvBn::load(ws, &format!("{p}.cv2"), c_, c2, 3, 1, 1, true)?,
+            add: shortcut && c1 == c2,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut y = self.cv2.forward(&self.cv1.forward(x));
+        if self.add {
+            engine::add_assign(&mut y, x);
+        }
+        y
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.cv1.flops(h, w) + self.cv2.flops(h, w)
+    }
+}
+
+/// CSP block with three convolutions: `cv3(cat(m(cv1(x)), cv2(x)))`.
+#[derive(Clone, Debug)]
+pub struct C3k {
+    pub cv1: ConvBn,
+    pub cv2: ConvBn,
+    pub cv3: ConvBn,
+    pub m: Vec<Bottleneck>,
+}
+
+impl C3k {
+    fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, n: usize, shortcut: bool) -> Result<Self> {
+        let c_ = c2 / 2;
+        Ok(Self {
+            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 1, 1, 1, true)?,
+            cv2: ConvBn::load(ws, &format!("{p}.cv2"), c1, c_, 1, 1, 1, true)?,
+            cv3: ConvBn::load(ws, &format!("{p}.cv3"), 2 * c_, c2, 1, 1, 1, true)?,
+            m: (0..n).map(|i| Bottleneck::load(ws, &format!("{p}.m.{i}"), c_, c_, shortcut, 1.0)).collect::<Result<_>>()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut y = self.cv1.forward(x);
+        for b in &self.m {
+            y = b.forward(&y);
+        }
+        let z = self.cv2.forward(x);
+        self.cv3.forward(&engine::concat_channels(&[&y, &z]))
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.cv1.flops(h, w) + self.cv2.flops(h, w) + self.cv3.flops(h, w) + self.m.iter().map(|b| b.flops(h, w)).sum::<u64>()
+    }
+}
+
+/// Attention with a depthwise positional-encoding conv (the `Attention` module).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub num_heads: usize,
+    pub key_dim: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub qkv: ConvBn,
+    pub proj: ConvBn,
+    pub pe: ConvBn,
+}
+
+impl Attention {
+    fn load(ws: &mut dyn WeightStore, p: &str, dim: usize, num_heads: usize) -> Result<Self> {
+        let head_dim = dim / num_heads;
+        let key_dim = head_dim / 2; // attn_ratio 0.5
+        let h = dim + 2 * key_dim * num_heads;
+        Ok(Self {
+            num_heads,
+            key_dim,
+            head_dim,
+            scale: (key_dim as f32).powf(-0.5),
+            qkv: ConvBn::load(ws, &format!("{p}.qkv"), dim, h, 1, 1, 1, false)?,
+            proj: ConvBn::load(ws, &format!("{p}.proj"), dim, dim, 1, 1, 1, false)?,
+            pe: ConvBn::load(ws, &format!("{p}.pe"), dim, dim, 3, 1, dim, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let qkv = self.qkv.forward(x);
+        let (mut out, v) = engine::attention(&qkv, self.num_heads, self.key_dim, self.head_dim, self.scale);
+        engine::add_assign(&mut out, &self.pe.forward(&v));
+        self.proj.forward(&out)
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        let n = (h * w) as u64;
+        let matmuls = 2 * n * n * (self.key_dim + self.head_dim) as u64 * self.num_heads as u64;
+        self.qkv.flops(h, w) + self.proj.flops(h, w) + self.pe.flops(h, w) + matmuls
+    }
+}
+
+/// `x + attn(x)`, then `x + ffn(x)`.
+#[derive(Clone, Debug)]
+pub struct PsaBlock {
+    pub attn: Attention,
+    pub ffn: [ConvBn; 2],
+}
+
+impl PsaBlock {
+    fn load(ws: &mut dyn WeightStore, p: &str, c: usize) -> Result<Self> {
+        Ok(Self {
+            attn: Attention::load(ws, &format!("{p}.attn"), c, (c / 64).max(1))?,
+            ffn: [
+                ConvBn::load(ws, &format!("{p}.ffn.0"), c, 2 * c, 1, 1, 1, true)?,
+                ConvBn::load(ws, &format!("{p}.ffn.1"), 2 * c, c, 1, 1, 1, false)?,
+            ],
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut x = x.clone();
+        let a = self.attn.forward(&x);
+        engine::add_assign(&mut x, &a);
+        let f = self.ffn[1].forward(&self.ffn[0].forward(&x));
+        engine::add_assign(&mut x, &f);
+        x
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.attn.flops(h, w) + self.ffn[0].flops(h, w) + self.ffn[1].flops(h, w)
+    }
+}
+
+/// The inner block of a C3k2 layer.
+#[derive(Clone, Debug)]
+pub enum C3k2Block {
+    Bottleneck(Bottleneck),
+    C3k(C3k),
+    /// Bottleneck then PSABlock (the attention variant of layer 22).
+    Attn(Bottleneck, PsaBlock),
+}
+
+impl C3k2Block {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            C3k2Block::Bottleneck(b) => b.forward(x),
+            C3k2Block::C3k(c) => c.forward(x),
+            C3k2Block::Attn(b, psa) => psa.forward(&b.forward(x)),
+        }
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        match self {
+            C3k2Block::Bottleneck(b) => b.flops(h, w),
+            C3k2Block::C3k(c) => c.flops(h, w),
+            C3k2Block::Attn(b, psa) => b.flops(h, w) + psa.flops(h, w),
+        }
+    }
+}
+
+/// C2f-style block: split cv1's output in two, chain the inner blocks on the second half,
+/// concatenate everything and project with cv2.
+#[derive(Clone, Debug)]
+pub struct C3k2 {
+    pub c: usize,
+    pub cv1: ConvBn,
+    pub cv2: ConvBn,
+    pub m: Vec<C3k2Block>,
+}
+
+impl C3k2 {
+    #[allow(clippy::too_many_arguments)]
+    fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, n: usize, c3k: bool, e: f64, attn: bool, shortcut: bool) -> Result<Self> {
+        let c = (c2 as f64 * e) as usize;
+        let m = (0..n)
+            .map(|i| {
+                let mp = format!("{p}.m.{i}");
+                Ok(if attn {
+                    C3k2Block::Attn(Bottleneck::load(ws, &format!("{mp}.0"), c, c, shortcut, 0.5)?, PsaBlock::load(ws, &format!("{mp}.1"), c)?)
+                } else if c3k {
+                    C3k2Block::C3k(C3k::load(ws, &mp, c, c, 2, shortcut)?)
+                } else {
+                    C3k2Block::Bottleneck(Bottleneck::load(ws, &mp, c, c, shortcut, 0.5)?)
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            c,
+            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?,
+            cv2: ConvBn::load(ws, &format!("{p}.cv2"), (2 + n) * c, c2, 1, 1, 1, true)?,
+            m,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.cv1.forward(x);
+        let mut parts = vec![engine::narrow_channels(&y, 0, self.c), engine::narrow_channels(&y, self.c, self.c)];
+        for b in &self.m {
+            let next = b.forward(parts.last().expect("two parts"));
+            parts.push(next);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        self.cv2.forward(&engine::concat_channels(&refs))
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.cv1.flops(h, w) + self.cv2.flops(h, w) + self.m.iter().map(|b| b.flops(h, w)).sum::<u64>()
+    }
+}
+
+/// Spatial pyramid pooling (fast): repeated max-pools of an unactivated 1×1 projection.
+#[derive(Clone, Debug)]
+pub struct Sppf {
+    pub cv1: ConvBn,
+    pub cv2: ConvBn,
+    pub k: usize,
+    pub n: usize,
+    pub add: bool,
+}
+
+impl Sppf {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut ys = vec![self.cv1.forward(x)];
+        for _ in 0..self.n {
+            let next = engine::max_pool2d(ys.last().expect("one"), self.k, 1, self.k / 2);
+            ys.push(next);
+        }
+        let refs: Vec<&Tensor> = ys.iter().collect();
+        let mut out = self.cv2.forward(&engine::concat_channels(&refs));
+        if self.add {
+            engine::add_assign(&mut out, x);
+        }
+        out
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.cv1.flops(h, w) + self.cv2.flops(h, w)
+    }
+}
+
+/// C2PSA: `cv2(cat(a, psa(b)))` with `a, b = split(cv1(x))`.
+#[derive(Clone, Debug)]
+pub struct C2psa {
+    pub c: usize,
+    pub cv1: ConvBn,
+    pub cv2: ConvBn,
+    pub m: Vec<PsaBlock>,
+}
+
+impl C2psa {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.cv1.forward(x);
+        let a = engine::narrow_channels(&y, 0, self.c);
+        let mut b = engine::narrow_channels(&y, self.c, self.c);
+        for blk in &self.m {
+            b = blk.forward(&b);
+        }
+        self.cv2.forward(&engine::concat_channels(&[&a, &b]))
+    }
+
+    fn flops(&self, h: usize, w: usize) -> u64 {
+        self.cv1.flops(h, w) + self.cv2.flops(h, w) + self.m.iter().map(|b| b.flops(h, w)).sum::<u64>()
+    }
+}
+
+/// One Detect branch set (box or class) for the three levels.
+#[derive(Clone, Debug)]
+pub struct DetectBranch {
+    /// Per level: the hidden blocks (box: two 3×3 Convs; class: DW+1×1 twice) then the final conv.
+    pub hidden: Vec<Vec<ConvBn>>,
+    pub out: Vec<BiasConv>,
+}
+
+impl DetectBranch {
+    fn forward(&self, level: usize, x: &Tensor) -> Tensor {
+        let mut y = self.hidden[level][0].forward(x);
+        for c in &self.hidden[level][1..] {
+            y = c.forward(&y);
+        }
+        self.out[level].forward(&y)
+    }
+
+    fn flops(&self, level: usize, h: usize, w: usize) -> u64 {
+        self.hidden[level].iter().map(|c| c.flops(h, w)).sum::<u64>() + self.out[level].flops(h, w)
+    }
+}
+
+/// Which Detect branch pair to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadMode {
+    /// The one-to-one branches (NMS-free top-k), YOLO26's own inference mode.
+    OneToOne,
+    /// The one-to-many branches, decoded for NMS.
+    OneToMany,
+}
+
+/// The detection head: box (`cv2`) and class (`cv3`) branches, each in a one-to-many and a
+/// one-to-one copy.
+#[derive(Clone, Debug)]
+pub struct Detect {
+    pub nc: usize,
+    pub strides: Vec<f32>,
+    pub cv2: DetectBranch,
+    pub cv3: DetectBranch,
+    pub one2one_cv2: DetectBranch,
+    pub one2one_cv3: DetectBranch,
+}
+
+impl Detect {
+    fn load(ws: &mut dyn WeightStore, p: &str, nc: usize, ch: &[usize], strides: Vec<f32>) -> Result<Self> {
+        if ch.is_empty() || strides.len() != ch.len() {
+            bail!("Detect: {} input levels but {} strides", ch.len(), strides.len());
+        }
+        let c2 = 16usize.max(ch[0] / 4).max(4);
+        // The class branch width follows the checkpoint (a fine-tuned model keeps its source width).
+        let c3 = ws.shape_of(&format!("{p}.cv3.0.0.1.conv.weight")).map(|s| s[0]).unwrap_or_else(|| ch[0].max(nc.min(100)));
+        let load_branches = |ws: &mut dyn WeightStore, name: &str| -> Result<(DetectBranch, DetectBranch)> {
+            let mut boxes = DetectBranch { hidden: vec![], out: vec![] };
+            let mut cls = DetectBranch { hidden: vec![], out: vec![] };
+            let (bname, cname) = (format!("{p}.{name}cv2"), format!("{p}.{name}cv3"));
+            for (i, &c) in ch.iter().enumerate() {
+                boxes.hidden.push(vec![
+                    ConvBn::load(ws, &format!("{bname}.{i}.0"), c, c2, 3, 1, 1, true)?,
+                    ConvBn::load(ws, &format!("{bname}.{i}.1"), c2, c2, 3, 1, 1, true)?,
+                ]);
+                boxes.out.push(BiasConv::load(ws, &format!("{bname}.{i}.2"), c2, 4)?);
+                cls.hidden.push(vec![
+                    ConvBn::load(ws, &format!("{cname}.{i}.0.0"), c, c, 3, 1, c, true)?,
+                    ConvBn::load(ws, &format!("{cname}.{i}.0.1"), c, c3, 1, 1, 1, true)?,
+                    ConvBn::load(ws, &format!("{cname}.{i}.1.0"), c3, c3, 3, 1, c3, true)?,
+                    ConvBn::load(ws, &format!("{cname}.{i}.1.1"), c3, c3, 1, 1, 1, true)?,
+                ]);
+                cls.out.push(BiasConv::load(ws, &format!("{cname}.{i}.2"), c3, nc)?);
+            }
+            Ok((boxes, cls))
+        };
+        let (cv2, cv3) = load_branches(ws, "")?;
+        let (one2one_cv2, one2one_cv3) = load_branches(ws, "one2one_")?;
+        Ok(Self { nc, strides, cv2, cv3, one2one_cv2, one2one_cv3 })
+    }
+
+    /// FLOPs of one branch pair (box + class) for feature maps of the given sizes.
+    pub fn flops(&self, sizes: &[(usize, usize)]) -> u64 {
+        sizes.iter().enumerate().map(|(l, &(h, w))| self.cv2.flops(l, h, w) + self.cv3.flops(l, h, w)).sum()
+    }
+
+    /// Runs one branch pair over the three feature maps.
+    pub fn forward(&self, feats: &[&Tensor], mode: HeadMode) -> HeadOutput {
+        let (bx, cl) = match mode {
+            HeadMode::OneToOne => (&self.one2one_cv2, &self.one2one_cv3),
+            HeadMode::OneToMany => (&self.cv2, &self.cv3),
+        };
+        let batch = feats[0].shape()[0];
+        let sizes: Vec<(usize, usize)> = feats.iter().map(|f| (f.shape()[2], f.shape()[3])).collect();
+        let anchors: usize = sizes.iter().map(|(h, w)| h * w).sum();
+        let mut out = HeadOutput {
+            batch,
+            nc: self.nc,
+            anchors,
+            boxes: vec![0.0; batch * 4 * anchors],
+            logits: vec![0.0; batch * self.nc * anchors],
+            anchor_points: Vec::with_capacity(anchors * 2),
+            anchor_strides: Vec::with_capacity(anchors),
+        };
+        let mut offset = 0;
+        for (lvl, feat) in feats.iter().enumerate() {
+            let (h, w) = sizes[lvl];
+            for y in 0..h {
+                for x in 0..w {
+                    out.anchor_points.extend([x as f32 + 0.5, y as f32 + 0.5]);
+                    out.anchor_strides.push(self.strides[lvl]);
+                }
+            }
+            let hw = h * w;
+            let b = bx.forward(lvl, feat);
+            let c = cl.forward(lvl, feat);
+            for n in 0..batch {
+                for ch in 0..4 {
+                    let src = &b.data()[(n * 4 + ch) * hw..][..hw];
+                    out.boxes[(n * 4 + ch) * anchors + offset..][..hw].copy_from_slice(src);
+                }
+                for ch in 0..self.nc {
+                    let src = &c.data()[(n * self.nc + ch) * hw..][..hw];
+                    out.logits[(n * self.nc + ch) * anchors + offset..][..hw].copy_from_slice(src);
+                }
+            }
+            offset += hw;
+        }
+        out
+    }
+}
+
+/// Raw head output for a batch, before decoding.
+#[derive(Clone, Debug)]
+pub struct HeadOutput {
+    pub batch: usize,
+    pub nc: usize,
+    pub anchors: usize,
+    /// `(batch, 4, anchors)`: left, top, right, bottom distances in grid units.
+    pub boxes: Vec<f32>,
+    /// `(batch, nc, anchors)`: class logits.
+    pub logits: Vec<f32>,
+    /// `(anchors, 2)`: cell centres in grid units.
+    pub anchor_points: Vec<f32>,
+    /// `(anchors,)`: the stride of each anchor's level.
+    pub anchor_strides: Vec<f32>,
+}
+
+impl HeadOutput {
+    /// Decoded `xyxy` box of anchor `a` in image `n`, in input pixels.
+    pub fn xyxy(&self, n: usize, a: usize) -> [f32; 4] {
+        let b = |k: usize| self.boxes[(n * 4 + k) * self.anchors + a];
+        let (ax, ay, s) = (self.anchor_points[2 * a], self.anchor_points[2 * a + 1], self.anchor_strides[a]);
+        [(ax - b(0)) * s, (ay - b(1)) * s, (ax + b(2)) * s, (ay + b(3)) * s]
+    }
+
+    /// Decoded `cx, cy, w, h` box (the one-to-many decoding), in input pixels.
+    pub fn xywh(&self, n: usize, a: usize) -> [f32; 4] {
+        let b = |k: usize| self.boxes[(n * 4 + k) * self.anchors + a];
+        let (ax, ay, s) = (self.anchor_points[2 * a], self.anchor_points[2 * a + 1], self.anchor_strides[a]);
+        let (x1, y1, x2, y2) = (ax - b(0), ay - b(1), ax + b(2), ay + b(3));
+        [(x1 + x2) / 2.0 * s, (y1 + y2) / 2.0 * s, (x2 - x1) * s, (y2 - y1) * s]
+    }
+
+    /// Sigmoid class score.
+    pub fn score(&self, n: usize, class: usize, a: usize) -> f32 {
+        engine::sigmoid(self.logits[(n * self.nc + class) * self.anchors + a])
+    }
+}
+
+/// One layer of the network.
+#[derive(Clone, Debug)]
+pub enum Layer {
+    Conv(ConvBn),
+    C3k2(C3k2),
+    Sppf(Sppf),
+    C2psa(C2psa),
+    Upsample(usize),
+    Concat,
+    Detect(Detect),
+}
+
+impl Layer {
+    /// The module type name as Ultralytics prints it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Layer::Conv(_) => "Conv",
+            Layer::C3k2(_) => "C3k2",
+            Layer::Sppf(_) => "SPPF",
+            Layer::C2psa(_) => "C2PSA",
+            Layer::Upsample(_) => "Upsample",
+            Layer::Concat => "Concat",
+            Layer::Detect(_) => "Detect",
+        }
+    }
+}
+
+/// A YOLO26 detection model: the resolved layer graph with its weights.
+#[derive(Clone, Debug)]
+pub struct Yolo26 {
+    pub plan: ModelPlan,
+    pub layers: Vec<Layer>,
+    /// For each layer, the last layer that reads its output (to free memory early).
+    last_use: Vec<usize>,
+}
+
+impl Yolo26 {
+    /// Builds the network of `plan` with weights from `ws` (names as in an Ultralytics state_dict).
+    pub fn load(plan: ModelPlan, strides: Vec<f32>, ws: &mut dyn WeightStore) -> Result<Self> {
+        let mut layers = Vec::with_capacity(plan.layers.len());
+        for (i, node) in plan.layers.iter().enumerate() {
+            let p = format!("model.{i}");
+            let layer = match &node.spec {
+                &LayerSpec::Conv { c1, c2, k, s } => Layer::Conv(ConvBn::load(ws, &p, c1, c2, k, s, 1, true)?),
+                &LayerSpec::C3k2 { c1, c2, n, c3k, e, attn, shortcut } => Layer::C3k2(C3k2::load(ws, &p, c1, c2, n, c3k, e, attn, shortcut)?),
+                &LayerSpec::Sppf { c1, c2, k, n, shortcut } => {
+                    let c_ = c1 / 2;
+                    Layer::Sppf(Sppf {
+                        cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 1, 1, 1, false)?,
+                        cv2: ConvBn::load(ws, &format!("{p}.cv2"), c_ * (n + 1), c2, 1, 1, 1, true)?,
+                        k,
+                        n,
+                        add: shortcut && c1 == c2,
+                    })
+                }
+                &LayerSpec::C2psa { c1, c2, n, e } => {
+                    let c = (c1 as f64 * e) as usize;
+                    Layer::C2psa(C2psa {
+                        c,
+                        cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?,
+                        cv2: ConvBn::load(ws, &format!("{p}.cv2"), 2 * c, c2, 1, 1, 1, true)?,
+                        m: (0..n).map(|j| PsaBlock::load(ws, &format!("{p}.m.{j}"), c)).collect::<Result<_>>()?,
+                    })
+                }
+                &LayerSpec::Upsample { scale } => Layer::Upsample(scale),
+                LayerSpec::Concat => Layer::Concat,
+                LayerSpec::Detect { nc, ch, .. } => Layer::Detect(Detect::load(ws, &p, *nc, ch, strides.clone())?),
+            };
+            layers.push(layer);
+        }
+        ws.finish()?;
+        let mut last_use: Vec<usize> = (0..plan.layers.len()).collect();
+        for (i, node) in plan.layers.iter().enumerate() {
+            for &f in &node.from {
+                if f != usize::MAX {
+                    last_use[f] = last_use[f].max(i);
+                }
+            }
+        }
+        Ok(Self { plan, layers, last_use })
+    }
+
+    /// Number of classes.
+    pub fn nc(&self) -> usize {
+        self.plan.nc
+    }
+
+    /// The detection head.
+    pub fn detect(&self) -> &Detect {
+        match self.layers.last() {
+            Some(Layer::Detect(d)) => d,
+            _ => unreachable!("a loaded model always ends with Detect"),
+        }
+    }
+
+    /// Runs the network on a batch `(n, 3, h, w)` (h, w multiples of 32) and returns the raw
+    /// output of the chosen head branches. `observe` sees every layer's output (for debugging
+    /// and per-layer comparisons with the reference).
+    pub fn forward_observed(&self, x: &Tensor, mode: HeadMode, observe: &mut dyn FnMut(usize, &Tensor)) -> HeadOutput {
+        let mut outputs: Vec<Option<Tensor>> = vec![None; self.layers.len()];
+        let mut prev: Option<Tensor> = None;
+        for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate() {
+            let input = |k: usize| -> &Tensor {
+                let f = node.from[k];
+                if f == usize::MAX {
+                    x
+                } else if f + 1 == i && outputs[f].is_none() {
+                    prev.as_ref().expect("previous output")
+                } else {
+                    outputs[f].as_ref().expect("saved output")
+                }
+            };
+            let y = match layer {
+                Layer::Conv(c) => c.forward(input(0)),
+                Layer::C3k2(c) => c.forward(input(0)),
+                Layer::Sppf(s) => s.forward(input(0)),
+                Layer::C2psa(c) => c.forward(input(0)),
+                Layer::Upsample(s) => engine::upsample_nearest(input(0), *s),
+                Layer::Concat => {
+                    let parts: Vec<&Tensor> = (0..node.from.len()).map(input).collect();
+                    engine::concat_channels(&parts)
+                }
+                Layer::Detect(d) => {
+                    let feats: Vec<&Tensor> = (0..node.from.len()).map(input).collect();
+                    return d.forward(&feats, mode);
+                }
+            };
+            observe(i, &y);
+            // Free outputs no later layer needs.
+            for (j, out) in outputs.iter_mut().enumerate().take(i) {
+                if self.last_use[j] <= i {
+                    *out = None;
+                }
+            }
+            if let Some(p) = prev.take() {
+                if self.last_use[i - 1] > i {
+                    outputs[i - 1] = Some(p);
+                }
+            }
+            prev = Some(y);
+        }
+        unreachable!("a loaded model always ends with Detect")
+    }
+
+    /// Floating-point operations per layer for one `h × w` image, counting one Detect branch
+    /// pair (what inference runs; training runs both, twice the Detect entry).
+    pub fn layer_flops(&self, h: usize, w: usize) -> Vec<u64> {
+        let mut sizes: Vec<(usize, usize)> = Vec::with_capacity(self.layers.len());
+        let mut flops = Vec::with_capacity(self.layers.len());
+        for (layer, node) in self.layers.iter().zip(&self.plan.layers) {
+            let size_of = |f: usize| if f == usize::MAX { (h, w) } else { sizes[f] };
+            let (ih, iw) = size_of(node.from[0]);
+            let (f, out) = match layer {
+                Layer::Conv(c) => (c.flops(ih, iw), c.out_size(ih, iw)),
+                Layer::C3k2(c) => (c.flops(ih, iw), (ih, iw)),
+                Layer::Sppf(s) => (s.flops(ih, iw), (ih, iw)),
+                Layer::C2psa(c) => (c.flops(ih, iw), (ih, iw)),
+                Layer::Upsample(s) => (0, (ih * s, iw * s)),
+                Layer::Concat => (0, (ih, iw)),
+                Layer::Detect(d) => (d.flops(&node.from.iter().map(|&f| size_of(f)).collect::<Vec<_>>()), (0, 0)),
+            };
+            flops.push(f);
+            sizes.push(out);
+        }
+        flops
+    }
+
+    /// Runs the network (see [`Yolo26::forward_observed`]).
+    pub fn forward(&self, x: &Tensor, mode: HeadMode) -> HeadOutput {
+        self.forward_observed(x, mode, &mut |_, _| {})
+    }
+}
