@@ -1,1 +1,44 @@
-//! engine
+//! The CPU compute engine: an NCHW `f32` [`Tensor`] and the handful of kernels YOLO26 needs.
+//!
+//! Everything is inference-shaped and written as plain functions or small structs (so a backward
+//! pass can sit next to each kernel later):
+//!
+//! * [`Conv2d`]: convolution with folded BatchNorm and a fused [`Activation`]. On AVX-512 CPUs it runs
+//!   the engine's own implicit-GEMM kernel (no im2col); elsewhere im2col + the `gemm` crate.
+//! * [`max_pool2d`], [`upsample_nearest`], [`concat_channels`], [`narrow_channels`], [`add_assign`],
+//!   [`silu_inplace`], and the [`attention`] core of YOLO26's `Attention` block.
+//!
+//! Parallelism comes from the global rayon pool; [`set_num_threads`] sizes it. CPU features are
+//! detected at run time ([`Isa`]); `FERROYOLO_ISA=portable|avx2` forces a lower tier.
+
+mod attention;
+mod conv;
+mod elementwise;
+mod igemm;
+mod pool;
+mod simd;
+mod tensor;
+
+#[cfg(test)]
+mod testutil;
+
+pub use attention::attention;
+pub use conv::{Activation, Conv2d};
+pub use elementwise::{add_assign, concat_channels, narrow_channels, sigmoid, silu, silu_inplace};
+pub use pool::{max_pool2d, upsample_nearest};
+pub use simd::{isa, Isa};
+pub use tensor::Tensor;
+
+/// Sizes the global rayon pool every kernel runs on (`0` = one thread per core).
+///
+/// Call it once, before any compute. The pool can only be built once per process, so later calls (or a
+/// call after rayon already started its default pool) are ignored.
+pub fn set_num_threads(n: usize) {
+    // An Err only means the global pool already exists; keeping it is the documented behaviour.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+}
+
+/// Number of threads the kernels use (the size of the current rayon pool).
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}

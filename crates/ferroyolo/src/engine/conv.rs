@@ -1,0 +1,666 @@
+//! 2-D convolution (BatchNorm folded into weight and bias by the caller) with a fused activation.
+//!
+//! Three ways to run it, picked per layer and per CPU:
+//!
+//! * **AVX-512** ([`Isa::Avx512`], groups < channels): the input is copied once into a zero-padded,
+//!   phase-split layout (below), after which every tap of the kernel is just an offset into it, and the
+//!   engine's implicit-GEMM kernel ([`igemm`](super::igemm)) multiplies the packed weights by those
+//!   shifted planes with bias and SiLU fused into its store. 1×1 stride-1 convolutions read the input
+//!   tensor directly.
+//! * **Portable** (other CPUs): im2col into a `K × (Ho·Wo)` matrix, then the `gemm` crate (which picks its
+//!   own SIMD at run time), then a bias + activation pass.
+//! * **Depthwise** (groups == in == out channels, every CPU): a direct per-channel loop, vectorised by
+//!   the compiler for the detected ISA.
+//!
+//! ## The phase layout
+//! For stride `s`, padding `p` and kernel `k`, output `(y, x)` reads padded input `(y·s + ky, x·s + kx)`.
+//! Splitting the padded input into `s²` phases `P[a][b][i][j] = pad[i·s + a][j·s + b]` turns that into
+//! `P[ky % s][kx % s][y + ky/s][x + kx/s]`: a *unit-stride* shift of one phase. If each phase is stored
+//! `Wq = Wo + (k-1)/s` wide and output pixel `(y, x)` is numbered `n = y·Wq + x`, then tap `(ci, ky, kx)`
+//! is the contiguous run starting at a fixed offset, for all outputs at once. The `Wq - Wo` columns per
+//! row this computes in excess are discarded when the result is copied into the NCHW output.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+
+use super::simd::{self, Isa};
+use super::tensor::Tensor;
+
+/// The activation fused into a convolution's output pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// No activation (`y = x`).
+    Identity,
+    /// SiLU / swish, `y = x · sigmoid(x)`.
+    Silu,
+}
+
+/// A 2-D convolution with bias and an optional fused activation, PyTorch semantics
+/// (cross-correlation, zero padding, dilation 1).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    /// `[out, in/groups, k, k]`, as PyTorch stores it.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    /// Weights rearranged for the AVX-512 kernel, made on first use there.
+    packed: OnceLock<Packed>,
+}
+
+/// Per group: the weights as [`igemm::pack_a`](super::igemm::pack_a) panels and the zero-padded bias.
+#[derive(Clone, Debug)]
+struct Packed {
+    a: Vec<Vec<f32>>,
+    bias: Vec<Vec<f32>>,
+}
+
+/// Output size and phase-layout size for one input size.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    /// Rows and width of one phase plane.
+    hq: usize,
+    wq: usize,
+}
+
+impl Conv2d {
+    /// A convolution from PyTorch-layout weights `[out, in/groups, kernel, kernel]` and an optional bias
+    /// (`None` means zeros).
+    ///
+    /// # Errors
+    /// If a size is zero, the channels are not divisible by `groups`, or the weight / bias lengths do not
+    /// match.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Conv2d> {
+        ensure!(
+            in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0 && groups > 0,
+            "Conv2d: channels, kernel, stride and groups must be positive \
+             (in {in_channels}, out {out_channels}, k {kernel}, s {stride}, g {groups})"
+        );
+        ensure!(
+            in_channels % groups == 0 && out_channels % groups == 0,
+            "Conv2d: channels {in_channels} -> {out_channels} not divisible by groups {groups}"
+        );
+        let expected = out_channels * (in_channels / groups) * kernel * kernel;
+        ensure!(
+            weight.len() == expected,
+            "Conv2d: weight has {} values, [{out_channels}, {}, {kernel}, {kernel}] needs {expected}",
+            weight.len(),
+            in_channels / groups
+        );
+        let bias = match bias {
+            Some(b) => {
+                ensure!(b.len() == out_channels, "Conv2d: bias has {} values, {out_channels} expected", b.len());
+                b
+            }
+            None => vec![0.0; out_channels],
+        };
+        Ok(Conv2d { in_channels, out_channels, kernel, stride, padding, groups, weight, bias, packed: OnceLock::new() })
+    }
+
+    /// Weights, `[out, in/groups, k, k]` row-major.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+    /// Bias, one per output channel (zeros when constructed with `None`).
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+    /// Kernel size (square).
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+    /// Stride (both axes).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    /// Zero padding (both axes, both sides).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+    /// Channel groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Floating-point operations (2 per multiply-add) to compute one image's `out_h × out_w` output.
+    pub fn flops(&self, out_h: usize, out_w: usize) -> u64 {
+        2 * (self.out_channels * (self.in_channels / self.groups) * self.kernel * self.kernel) as u64
+            * (out_h * out_w) as u64
+    }
+
+    /// Output `(height, width)` for an input of `h × w`.
+    ///
+    /// # Panics
+    /// If the padded input is smaller than the kernel.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        assert!(h + 2 * p >= k && w + 2 * p >= k, "Conv2d: input {h}x{w} (padding {p}) smaller than kernel {k}");
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    fn geometry(&self, h: usize, w: usize) -> Geometry {
+        let (ho, wo) = self.output_size(h, w);
+        let extra = (self.kernel - 1) / self.stride;
+        Geometry { h, w, ho, wo, hq: ho + extra, wq: wo + extra }
+    }
+
+    /// Convolves `x` (`[n, in_channels, h, w]`), adds the bias and applies `act`.
+    ///
+    /// # Panics
+    /// If `x` does not have `in_channels` channels, or is smaller than the kernel after padding.
+    pub fn forward(&self, x: &Tensor, act: Activation) -> Tensor {
+        self.forward_isa(x, act, simd::isa())
+    }
+
+    /// [`forward`](Self::forward) on an explicit ISA tier (tests compare tiers; `isa` must not exceed
+    /// what the CPU supports).
+    pub(crate) fn forward_isa(&self, x: &Tensor, act: Activation, isa: Isa) -> Tensor {
+        let [n, c, h, w] = x.shape();
+        assert_eq!(
+            c, self.in_channels,
+            "Conv2d::forward: input has {c} channels, the layer expects {}",
+            self.in_channels
+        );
+        let geo = self.geometry(h, w);
+        let mut out = vec![0.0f32; n * self.out_channels * geo.ho * geo.wo];
+        if self.in_channels == self.groups && self.out_channels == self.groups {
+            self.forward_depthwise(x, act, geo, &mut out, isa);
+        } else {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                self.forward_igemm(x, act, geo, &mut out);
+                return Tensor::new([n, self.out_channels, geo.ho, geo.wo], out);
+            }
+            self.forward_im2col(x, act, geo, &mut out, isa);
+        }
+        Tensor::new([n, self.out_channels, geo.ho, geo.wo], out)
+    }
+
+    /// Offsets, into one group's phase-layout input, of the row of B for each tap `(ci, ky, kx)` in
+    /// PyTorch weight order.
+    fn tap_offsets(&self, geo: Geometry) -> Vec<usize> {
+        let (k, s) = (self.kernel, self.stride);
+        let phase = geo.hq * geo.wq;
+        let mut off = Vec::with_capacity(self.in_channels / self.groups * k * k);
+        for ci in 0..self.in_channels / self.groups {
+            for ky in 0..k {
+                for kx in 0..k {
+                    off.push((ci * s * s + (ky % s) * s + kx % s) * phase + (ky / s) * geo.wq + kx / s);
+                }
+            }
+        }
+        off
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn forward_igemm(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32]) {
+        use super::igemm::{igemm, pack_a, pad_bias, GemmArgs};
+
+        let (cin_g, cout_g) = (self.in_channels / self.groups, self.out_channels / self.groups);
+        let kk = cin_g * self.kernel * self.kernel;
+        let packed = self.packed.get_or_init(|| Packed {
+            a: (0..self.groups).map(|g| pack_a(&self.weight[g * cout_g * kk..], cout_g, kk, kk)).collect(),
+            bias: (0..self.groups).map(|g| pad_bias(&self.bias[g * cout_g..(g + 1) * cout_g])).collect(),
+        });
+        let s = self.stride;
+        // Stride 1 without padding: the input planes already are the (single) phase.
+        let direct = s == 1 && self.padding == 0;
+        let group_len = cin_g * s * s * geo.hq * geo.wq;
+        let b_off = self.tap_offsets(geo);
+        // Outputs computed on the Wq-wide grid; the last row needs only Wo of them, which keeps every
+        // tap's run inside the buffer.
+        let nq = (geo.ho - 1) * geo.wq + geo.wo;
+        assert!(b_off.iter().max().map_or(0, |&m| m) + nq <= group_len, "phase layout too small");
+        let compact = geo.wq != geo.wo;
+        let out_image = self.out_channels * geo.ho * geo.wo;
+        let out_group = cout_g * geo.ho * geo.wo;
+        for (img, out) in out.chunks_mut(out_image).enumerate() {
+            let src = x.image(img);
+            with_scratch(if direct { 0 } else { self.groups * group_len }, |phases| {
+                let input: &[f32] = if direct {
+                    src
+                } else {
+                    build_phases(src, self.in_channels, geo, s, self.padding, phases);
+                    phases
+                };
+                with_scratch(if compact { cout_g * nq } else { 0 }, |tmp| {
+                    for (g, out) in out.chunks_mut(out_group).enumerate() {
+                        let (c, ldc) = if compact { (tmp.as_mut_ptr(), nq) } else { (out.as_mut_ptr(), nq) };
+                        let args = GemmArgs {
+                            m: cout_g,
+                            n: nq,
+                            k: kk,
+                            a: &packed.a[g],
+                            bias: &packed.bias[g],
+                            b: input[g * group_len..].as_ptr(),
+                            b_off: &b_off,
+                            c,
+                            ldc,
+                            act,
+                        };
+                        // SAFETY: the tier is AVX-512 only when the CPU has it; every B run
+                        // `b_off[t] .. b_off[t] + nq` lies in this group's `group_len` values (asserted
+                        // above); C is `cout_g` rows of `ldc >= nq` in `tmp` (len cout_g·nq) or `out`
+                        // (len cout_g·ho·wo = cout_g·nq when not compacting), disjoint from the input.
+                        unsafe { igemm(&args) };
+                        if compact {
+                            compact_rows(tmp, out, cout_g, geo, nq);
+                        }
+                    }
+                });
+            });
+        }
+    }
+
+    /// Portable path: im2col + `gemm` + bias/activation pass.
+    fn forward_im2col(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
+        let (cin_g, cout_g) = (self.in_channels / self.groups, self.out_channels / self.groups);
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let kk = cin_g * k * k;
+        let npix = geo.ho * geo.wo;
+        let direct = k == 1 && s == 1 && p == 0;
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        for (img, out) in out.chunks_mut(self.out_channels * npix).enumerate() {
+            let src = x.image(img);
+            for (g, out) in out.chunks_mut(cout_g * npix).enumerate() {
+                let src = &src[g * cin_g * geo.h * geo.w..(g + 1) * cin_g * geo.h * geo.w];
+                with_scratch(if direct { 0 } else { kk * npix }, |col| {
+                    let b: &[f32] = if direct {
+                        src
+                    } else {
+                        im2col(src, cin_g, geo, k, s, p, col);
+                        col
+                    };
+                    let w = &self.weight[g * cout_g * kk..(g + 1) * cout_g * kk];
+                    // SAFETY: dst is cout_g × npix (row stride npix), lhs cout_g × kk (row stride kk),
+                    // rhs kk × npix (row stride npix), all in bounds of their slices; dst does not alias.
+                    unsafe {
+                        gemm::gemm(
+                            cout_g,
+                            npix,
+                            kk,
+                            out.as_mut_ptr(),
+                            1,
+                            npix as isize,
+                            false,
+                            w.as_ptr(),
+                            1,
+                            kk as isize,
+                            b.as_ptr(),
+                            1,
+                            npix as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        )
+                    };
+                });
+                let bias = &self.bias[g * cout_g..(g + 1) * cout_g];
+                let epilogue = |(row, &b): (&mut [f32], &f32)| bias_act(row, b, act, isa);
+                if out.len() >= 1 << 16 {
+                    out.par_chunks_mut(npix).zip(bias.par_iter()).for_each(epilogue);
+                } else {
+                    out.chunks_mut(npix).zip(bias).for_each(epilogue);
+                }
+            }
+        }
+    }
+
+    /// Depthwise: one task per (image, channel); each builds the channel's padded phases and sums the
+    /// k² shifted rows straight into the output.
+    fn forward_depthwise(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let c = self.in_channels;
+        let plane_in = geo.h * geo.w;
+        let plane_out = geo.ho * geo.wo;
+        let work = |(i, (out, src)): (usize, (&mut [f32], &[f32]))| {
+            let ch = i % c;
+            let w = &self.weight[ch * k * k..(ch + 1) * k * k];
+            with_scratch(s * s * geo.hq * geo.wq, |phases| {
+                build_phases(src, 1, geo, s, p, phases);
+                depthwise_plane(phases, w, self.bias[ch], geo, k, s, act, out, isa);
+            });
+        };
+        if out.len() >= 1 << 14 {
+            out.par_chunks_mut(plane_out).zip(x.data().par_chunks(plane_in)).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(plane_out).zip(x.data().chunks(plane_in)).enumerate().for_each(work);
+        }
+    }
+}
+
+thread_local! {
+    /// Reusable scratch buffers (phase layouts, im2col matrices, un-compacted outputs), so a forward
+    /// pass does not map and fault in fresh pages for every layer.
+    static SCRATCH: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats (contents unspecified) borrowed from this thread's pool.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| s.borrow_mut().push(buf));
+    r
+}
+
+/// Writes `channels` planes of `src` (`h × w` each) into the phase layout of `geo`:
+/// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = src[ci][i·s + a - p][j·s + b - p]`, zero outside the input.
+fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize, dst: &mut [f32]) {
+    let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
+    let per_channel = s * s * hq * wq;
+    let one = |(dst, src): (&mut [f32], &[f32])| {
+        for (ph, phase) in dst.chunks_mut(hq * wq).enumerate() {
+            let (a, b) = (ph / s, ph % s);
+            // Columns j with 0 <= j·s + b - p < w.
+            let j0 = p.saturating_sub(b).div_ceil(s).min(wq);
+            let j1 = if w + p > b { (w + p - b).div_ceil(s).min(wq) } else { 0 }.max(j0);
+            for (i, row) in phase.chunks_mut(wq).enumerate() {
+                let y = (i * s + a).wrapping_sub(p);
+                if y >= h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let srow = &src[y * w..(y + 1) * w];
+                row[..j0].fill(0.0);
+                row[j1..].fill(0.0);
+                let x0 = j0 * s + b - p;
+                if s == 1 {
+                    row[j0..j1].copy_from_slice(&srow[x0..x0 + (j1 - j0)]);
+                } else {
+                    for (d, &v) in row[j0..j1].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    };
+    let dst = &mut dst[..channels * per_channel];
+    if channels > 1 && dst.len() >= 1 << 16 {
+        dst.par_chunks_mut(per_channel).zip(src.par_chunks(h * w)).for_each(one);
+    } else {
+        dst.chunks_mut(per_channel).zip(src.chunks(h * w)).for_each(one);
+    }
+}
+
+/// Copies the valid `Wo` columns of each `Wq`-wide output row from `tmp` (`channels` rows of `nq`) to `out`.
+fn compact_rows(tmp: &[f32], out: &mut [f32], channels: usize, geo: Geometry, nq: usize) {
+    let plane = geo.ho * geo.wo;
+    let one = |(out, tmp): (&mut [f32], &[f32])| {
+        for (y, row) in out.chunks_mut(geo.wo).enumerate() {
+            row.copy_from_slice(&tmp[y * geo.wq..y * geo.wq + geo.wo]);
+        }
+    };
+    let out = &mut out[..channels * plane];
+    if out.len() >= 1 << 16 {
+        out.par_chunks_mut(plane).zip(tmp.par_chunks(nq)).for_each(one);
+    } else {
+        out.chunks_mut(plane).zip(tmp.chunks(nq)).for_each(one);
+    }
+}
+
+/// `col[(ci·k + ky)·k + kx][yo·wo + xo] = src[ci][yo·s + ky - p][xo·s + kx - p]` (zero outside).
+fn im2col(src: &[f32], channels: usize, geo: Geometry, k: usize, s: usize, p: usize, col: &mut [f32]) {
+    let npix = geo.ho * geo.wo;
+    for (t, dst) in col.chunks_mut(npix).enumerate().take(channels * k * k) {
+        let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+        let plane = &src[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+        for (yo, row) in dst.chunks_mut(geo.wo).enumerate() {
+            let y = (yo * s + ky).wrapping_sub(p);
+            if y >= geo.h {
+                row.fill(0.0);
+                continue;
+            }
+            for (xo, d) in row.iter_mut().enumerate() {
+                let x = (xo * s + kx).wrapping_sub(p);
+                *d = if x < geo.w { plane[y * geo.w + x] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// `row = act(row + bias)`.
+fn bias_act(row: &mut [f32], bias: f32, act: Activation, isa: Isa) {
+    for v in row.iter_mut() {
+        *v += bias;
+    }
+    if act == Activation::Silu {
+        simd::silu_slice_isa(row, isa);
+    }
+}
+
+/// One depthwise output plane from its input's phase layout.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    phases: &[f32],
+    w: &[f32],
+    bias: f32,
+    geo: Geometry,
+    k: usize,
+    s: usize,
+    act: Activation,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    #[inline(always)]
+    fn generic(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
+        let phase = geo.hq * geo.wq;
+        for (y, row) in out.chunks_mut(geo.wo).enumerate() {
+            row.fill(bias);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let off = ((ky % s) * s + kx % s) * phase + (y + ky / s) * geo.wq + kx / s;
+                    let wt = w[ky * k + kx];
+                    for (d, &v) in row.iter_mut().zip(&phases[off..off + geo.wo]) {
+                        *d += wt * v;
+                    }
+                }
+            }
+            if silu {
+                for d in row.iter_mut() {
+                    *d = simd::silu_fast(*d);
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx512(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
+        generic(phases, w, bias, geo, k, s, silu, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
+        generic(phases, w, bias, geo, k, s, silu, out)
+    }
+    let silu = act == Activation::Silu;
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: `isa` never exceeds what the CPU was detected to support.
+        Isa::Avx512 => return unsafe { avx512(phases, w, bias, geo, k, s, silu, out) },
+        Isa::Avx2 => return unsafe { avx2(phases, w, bias, geo, k, s, silu, out) },
+        Isa::Portable => {}
+    }
+    let _ = isa;
+    generic(phases, w, bias, geo, k, s, silu, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::simd::detected_isa;
+    use crate::engine::testutil::{assert_close, Rng};
+
+    /// Direct 7-loop convolution in f64, PyTorch semantics.
+    fn naive_conv(x: &Tensor, conv: &Conv2d, act: Activation) -> Vec<f64> {
+        let [n, _, h, w] = x.shape();
+        let (k, s, p, g) = (conv.kernel(), conv.stride(), conv.padding(), conv.groups());
+        let (cin_g, cout_g) = (conv.in_channels() / g, conv.out_channels() / g);
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (w + 2 * p - k) / s + 1;
+        let mut out = Vec::new();
+        for img in 0..n {
+            for co in 0..conv.out_channels() {
+                let grp = co / cout_g;
+                for yo in 0..ho {
+                    for xo in 0..wo {
+                        let mut acc = conv.bias()[co] as f64;
+                        for ci in 0..cin_g {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let y = (yo * s + ky) as isize - p as isize;
+                                    let xx = (xo * s + kx) as isize - p as isize;
+                                    if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                                        continue;
+                                    }
+                                    let wv = conv.weight()[((co * cin_g + ci) * k + ky) * k + kx] as f64;
+                                    let xv = x.plane(img, grp * cin_g + ci)[y as usize * w + xx as usize] as f64;
+                                    acc += wv * xv;
+                                }
+                            }
+                        }
+                        if act == Activation::Silu {
+                            acc /= 1.0 + (-acc).exp();
+                        }
+                        out.push(acc);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn tiers() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&t| t <= detected_isa()).collect()
+    }
+
+    /// (batch, in, out, k, s, p, groups, h, w, bias)
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+    fn check(cases: &[Case]) {
+        let mut rng = Rng::new(1234);
+        for &(n, cin, cout, k, s, p, g, h, w, with_bias) in cases {
+            let weight = rng.vec(cout * cin / g * k * k);
+            let bias = with_bias.then(|| rng.vec(cout));
+            let conv = Conv2d::new(cin, cout, k, s, p, g, weight, bias).unwrap();
+            let x = rng.tensor([n, cin, h, w]);
+            let (ho, wo) = conv.output_size(h, w);
+            for act in [Activation::Identity, Activation::Silu] {
+                let want = naive_conv(&x, &conv, act);
+                for isa in tiers() {
+                    let y = conv.forward_isa(&x, act, isa);
+                    assert_eq!(y.shape(), [n, cout, ho, wo]);
+                    let what = format!("{isa:?} n{n} {cin}->{cout} k{k} s{s} p{p} g{g} {h}x{w} bias {with_bias} {act:?}");
+                    assert_close(y.data(), &want, 1e-5, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_pointwise() {
+        check(&[
+            (1, 32, 32, 1, 1, 0, 1, 16, 16, false),
+            (1, 48, 64, 1, 1, 0, 1, 13, 7, true),
+            (2, 5, 3, 1, 1, 0, 1, 9, 6, true),
+            (1, 300, 20, 1, 1, 0, 1, 5, 5, true),
+            (1, 8, 4, 1, 2, 0, 1, 9, 9, true),
+            (1, 4, 6, 1, 1, 1, 1, 5, 4, true),
+        ]);
+    }
+
+    #[test]
+    fn conv_3x3() {
+        check(&[
+            (1, 3, 16, 3, 2, 1, 1, 32, 32, true),
+            (1, 16, 8, 3, 1, 1, 1, 20, 20, true),
+            (1, 8, 16, 3, 1, 1, 1, 13, 7, false),
+            (2, 16, 32, 3, 2, 1, 1, 15, 22, true),
+            (1, 64, 24, 3, 2, 1, 1, 7, 5, true),
+            (1, 20, 20, 3, 1, 0, 1, 6, 9, true),
+            (1, 130, 9, 3, 1, 1, 1, 12, 12, true),
+        ]);
+    }
+
+    #[test]
+    fn conv_5x5_and_strides() {
+        check(&[
+            (1, 6, 10, 5, 1, 2, 1, 13, 7, true),
+            (2, 4, 8, 5, 2, 2, 1, 11, 16, false),
+            (1, 3, 5, 5, 3, 1, 1, 17, 14, true),
+            (1, 2, 3, 5, 1, 0, 1, 5, 5, true),
+        ]);
+    }
+
+    #[test]
+    fn conv_grouped() {
+        check(&[
+            // Depthwise.
+            (1, 64, 64, 3, 1, 1, 64, 20, 20, true),
+            (2, 7, 7, 3, 1, 1, 7, 13, 7, false),
+            (1, 5, 5, 3, 2, 1, 5, 11, 9, true),
+            (1, 3, 3, 5, 1, 2, 3, 8, 13, true),
+            // 2 < groups < channels, and a channel multiplier.
+            (1, 12, 18, 3, 1, 1, 3, 9, 10, true),
+            (2, 8, 8, 1, 1, 0, 4, 6, 7, false),
+            (1, 4, 8, 3, 2, 1, 4, 9, 9, true),
+        ]);
+    }
+
+    #[test]
+    fn conv_validates_arguments() {
+        assert!(Conv2d::new(4, 4, 3, 1, 1, 1, vec![0.0; 144], None).is_ok());
+        assert!(Conv2d::new(4, 4, 3, 1, 1, 1, vec![0.0; 143], None).is_err());
+        assert!(Conv2d::new(4, 4, 3, 1, 1, 1, vec![0.0; 144], Some(vec![0.0; 3])).is_err());
+        assert!(Conv2d::new(4, 6, 3, 1, 1, 4, vec![0.0; 54], None).is_err());
+        assert!(Conv2d::new(4, 4, 0, 1, 1, 1, vec![], None).is_err());
+        let c = Conv2d::new(16, 32, 3, 2, 1, 1, vec![0.0; 32 * 16 * 9], None).unwrap();
+        assert_eq!(c.flops(160, 160), 2 * 32 * 16 * 9 * 160 * 160);
+        assert_eq!(c.output_size(320, 320), (160, 160));
+        assert_eq!(c.bias(), &[0.0; 32][..]);
+    }
+
+    #[test]
+    #[should_panic(expected = "input has 3 channels")]
+    fn conv_rejects_channel_mismatch() {
+        let c = Conv2d::new(4, 4, 1, 1, 0, 1, vec![0.0; 16], None).unwrap();
+        c.forward(&Tensor::zeros([1, 3, 2, 2]), Activation::Identity);
+    }
+}
