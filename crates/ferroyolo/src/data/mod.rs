@@ -1,3 +1,12 @@
 //! Images in: sources, decoding, letterbox preprocessing, and NumPy arrays for fixtures.
+//!
+//! - [`source`]: what the user points at (file, folder, glob, list, URL) → items to read.
+//! - [`image_io`]: encoded bytes → RGB pixels, matching `cv2.imread` (exact for JPEG via [`jpeg`]).
+//! - [`letterbox`]: resize and pad for the network, matching `cv2.resize`, and CHW float layout.
+//! - [`npy`]: NumPy arrays, for the reference fixtures.
 
+pub mod image_io;
+pub mod jpeg;
+pub mod letterbox;
 pub mod npy;
+pub mod source;
