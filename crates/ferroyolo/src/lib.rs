@@ -18,4 +18,4 @@ pub mod weights;
 #[doc(hidden)]
 pub mod testing;
 
-// pub use predict::{Detection, PredictOptions, Results, Yolo};
+pub use predict::{Detection, PredictOptions, Results, Yolo};

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Result};
 
-use super::config::{LayerNode, LayerSpec, ModelPlan};
+use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
 use crate::engine::{self, Activation, Conv2d, Tensor};
 
