@@ -137,6 +137,60 @@ impl HuffTable {
     }
 }
 
+/// The example tables of T.81 Annex K.3 (luminance: slot 0, chrominance: slot 1), as
+/// (code counts per length, symbols). Motion-JPEG frames leave them out, so libjpeg (and hence
+/// OpenCV) fills those slots with these tables when a scan needs them and none was defined.
+const STD_DC_COUNTS: [[u8; 16]; 2] = [
+    [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+];
+const STD_AC_COUNTS: [[u8; 16]; 2] = [
+    [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 125],
+    [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 119],
+];
+#[rustfmt::skip]
+const STD_AC_SYMBOLS: [[u8; 162]; 2] = [
+    [
+        0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07,
+        0x22, 0x71, 0x14, 0x32, 0x81, 0x91, 0xA1, 0x08, 0x23, 0x42, 0xB1, 0xC1, 0x15, 0x52, 0xD1, 0xF0,
+        0x24, 0x33, 0x62, 0x72, 0x82, 0x09, 0x0A, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x25, 0x26, 0x27, 0x28,
+        0x29, 0x2A, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49,
+        0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69,
+        0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89,
+        0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7,
+        0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3, 0xC4, 0xC5,
+        0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA, 0xE1, 0xE2,
+        0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
+        0xF9, 0xFA,
+    ],
+    [
+        0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71,
+        0x13, 0x22, 0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xA1, 0xB1, 0xC1, 0x09, 0x23, 0x33, 0x52, 0xF0,
+        0x15, 0x62, 0x72, 0xD1, 0x0A, 0x16, 0x24, 0x34, 0xE1, 0x25, 0xF1, 0x17, 0x18, 0x19, 0x1A, 0x26,
+        0x27, 0x28, 0x29, 0x2A, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48,
+        0x49, 0x4A, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68,
+        0x69, 0x6A, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+        0x88, 0x89, 0x8A, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0xA2, 0xA3, 0xA4, 0xA5,
+        0xA6, 0xA7, 0xA8, 0xA9, 0xAA, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6, 0xB7, 0xB8, 0xB9, 0xBA, 0xC2, 0xC3,
+        0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9, 0xCA, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xD9, 0xDA,
+        0xE2, 0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8,
+        0xF9, 0xFA,
+    ],
+];
+
+/// The Annex K table for a slot (0 or 1), `ac` selecting the AC table.
+fn standard_table(ac: bool, slot: usize) -> Option<HuffTable> {
+    if slot > 1 {
+        return None;
+    }
+    let table = if ac {
+        HuffTable::new(&STD_AC_COUNTS[slot], STD_AC_SYMBOLS[slot].to_vec())
+    } else {
+        HuffTable::new(&STD_DC_COUNTS[slot], (0..12).collect())
+    };
+    table.ok()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entropy-coded data reader
 
@@ -607,10 +661,16 @@ impl Decoder {
             let needs_dc = !progressive || (ss == 0 && ah == 0);
             let needs_ac = !progressive || ss > 0;
             if needs_dc && self.dc_tables[c.dc_table].is_none() {
-                return corrupt("scan uses an undefined DC Huffman table");
+                self.dc_tables[c.dc_table] = standard_table(false, c.dc_table);
+                if self.dc_tables[c.dc_table].is_none() {
+                    return corrupt("scan uses an undefined DC Huffman table");
+                }
             }
             if needs_ac && self.ac_tables[c.ac_table].is_none() {
-                return corrupt("scan uses an undefined AC Huffman table");
+                self.ac_tables[c.ac_table] = standard_table(true, c.ac_table);
+                if self.ac_tables[c.ac_table].is_none() {
+                    return corrupt("scan uses an undefined AC Huffman table");
+                }
             }
         }
         for c in &mut frame.comps {
@@ -646,6 +706,11 @@ impl Decoder {
                 }
             }
             let (ux, uy) = (unit % units_x, unit / units_x);
+            // Stop at the first row decoded from beyond the end of the file: the result would
+            // be an error anyway, and a bogus header could otherwise ask for a huge image.
+            if ux == 0 && r.hit_eof && r.consumed_padding() > 0 {
+                return Err(JpegError::Truncated);
+            }
             if ns == 1 {
                 let c = &mut frame.comps[members[0]];
                 let off = (uy * c.bw + ux) * 64;
@@ -960,12 +1025,30 @@ fn range_limit_idct(x: i64) -> u8 {
 
 /// Dequantises and inverse-transforms one block into `out` (8 rows of `stride`).
 fn idct_islow(coefs: &[i16; 64], qt: &[u16; 64], out: &mut [u8], stride: usize) {
+    // Blocks with only a DC term (most of them in smooth areas) are flat. The shortcut gives
+    // exactly what the full transform gives: both passes reduce to the same shifts.
+    if coefs[1..].iter().all(|&c| c == 0) {
+        let dc = (coefs[0] as i64 * qt[0] as i64) << PASS1_BITS;
+        let v = range_limit_idct(descale(dc as i32 as i64, PASS1_BITS + 3));
+        for row in 0..8 {
+            out[row * stride..row * stride + 8].fill(v);
+        }
+        return;
+    }
     let mut ws = [0i32; 64];
     // Pass 1: columns. Results are scaled up by 2^PASS1_BITS and kept in 32-bit ints.
     for col in 0..8 {
         let mut input = [0i64; 8];
         for (row, v) in input.iter_mut().enumerate() {
             *v = coefs[row * 8 + col] as i64 * qt[row * 8 + col] as i64;
+        }
+        if input[1..].iter().all(|&v| v == 0) {
+            // Same result as the full column transform, much cheaper.
+            let dc = (input[0] << PASS1_BITS) as i32;
+            for row in 0..8 {
+                ws[row * 8 + col] = dc;
+            }
+            continue;
         }
         let o = idct_1d(input);
         for (row, &v) in o.iter().enumerate() {
@@ -974,9 +1057,13 @@ fn idct_islow(coefs: &[i16; 64], qt: &[u16; 64], out: &mut [u8], stride: usize) 
     }
     // Pass 2: rows; removes the pass-1 scaling and the factor 8 of the 2-D transform.
     for row in 0..8 {
-        let input: [i64; 8] = std::array::from_fn(|k| ws[row * 8 + k] as i64);
-        let o = idct_1d(input);
         let line = &mut out[row * stride..row * stride + 8];
+        let w = &ws[row * 8..row * 8 + 8];
+        if w[1..].iter().all(|&v| v == 0) {
+            line.fill(range_limit_idct(descale(w[0] as i64, PASS1_BITS + 3)));
+            continue;
+        }
+        let o = idct_1d(std::array::from_fn(|k| w[k] as i64));
         for (dst, &v) in line.iter_mut().zip(o.iter()) {
             *dst = range_limit_idct(descale(v, CONST_BITS + PASS1_BITS + 3));
         }
@@ -1010,6 +1097,7 @@ fn upsample(
             }
         }
         (2, 2) if dw > 2 => {
+            let mut line = vec![0u8; 2 * dw];
             for y in 0..h {
                 let r = y / 2;
                 // Even output rows lean on the row above, odd ones on the row below.
@@ -1021,7 +1109,6 @@ fn upsample(
                 };
                 let o = &mut out[y * w..(y + 1) * w];
                 let colsum = |i: usize| near[i] as i32 * 3 + far[i] as i32;
-                let mut line = vec![0u8; 2 * dw];
                 line[0] = ((colsum(0) * 4 + 8) >> 4) as u8;
                 line[1] = ((colsum(0) * 3 + colsum(1) + 7) >> 4) as u8;
                 for i in 1..dw - 1 {
@@ -1102,8 +1189,9 @@ fn ycc_to_rgb(y: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
         cb_g[i] = -FIX_0_34414 * x + HALF;
     }
     let clamp = |v: i32| v.clamp(0, 255) as u8;
-    for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
-        let (yy, b, r) = (y[i] as i32, cb[i] as usize, cr[i] as usize);
+    let samples = y.iter().zip(cb).zip(cr);
+    for (px, ((&yy, &b), &r)) in rgb.chunks_exact_mut(3).zip(samples) {
+        let (yy, b, r) = (yy as i32, b as usize, r as usize);
         px[0] = clamp(yy + cr_r[r]);
         px[1] = clamp(yy + ((cb_g[b] + cr_g[r]) >> SCALE));
         px[2] = clamp(yy + cb_b[b]);
@@ -1127,6 +1215,67 @@ mod tests {
             decode(&[0xFF, 0xD8, 0xFF, 0xDB, 0x00]).unwrap_err(),
             JpegError::Truncated
         );
+    }
+
+    /// A smooth colour test picture, JPEG-encoded by the `image` crate (baseline, Annex K tables).
+    fn encoded_sample(w: u32, h: u32) -> (image::RgbImage, Vec<u8>) {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) * 3 % 256) as u8,
+            ])
+        });
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&img)
+            .unwrap();
+        (img, bytes)
+    }
+
+    #[test]
+    fn agrees_with_the_image_crate_decoder() {
+        // zune-jpeg rounds differently (by a few levels), but the pictures must agree.
+        for (w, h) in [(37, 23), (1, 1), (16, 16), (90, 3), (200, 120)] {
+            let (_, bytes) = encoded_sample(w, h);
+            let ours = decode(&bytes).unwrap();
+            let theirs = image::load_from_memory(&bytes).unwrap().into_rgb8();
+            assert_eq!((ours.width, ours.height), theirs.dimensions());
+            let diffs = ours
+                .rgb
+                .iter()
+                .zip(theirs.as_raw())
+                .map(|(&a, &b)| a.abs_diff(b));
+            let max = diffs.max().unwrap();
+            assert!(max <= 6, "{w}x{h}: max diff {max}");
+        }
+    }
+
+    #[test]
+    fn missing_huffman_tables_default_to_annex_k() {
+        let (_, bytes) = encoded_sample(37, 23);
+        // Drop every DHT segment (as Motion-JPEG frames do); the encoder used the Annex K tables.
+        let mut stripped = bytes[..2].to_vec();
+        let mut pos = 2;
+        while bytes[pos + 1] != 0xDA {
+            let len = be16(&bytes, pos + 2);
+            if bytes[pos + 1] != 0xC4 {
+                stripped.extend_from_slice(&bytes[pos..pos + 2 + len]);
+            }
+            pos += 2 + len;
+        }
+        stripped.extend_from_slice(&bytes[pos..]);
+        assert!(stripped.len() < bytes.len());
+        assert_eq!(decode(&stripped).unwrap().rgb, decode(&bytes).unwrap().rgb);
+    }
+
+    #[test]
+    fn truncated_scan_is_reported_and_missing_eoi_is_not() {
+        let (_, bytes) = encoded_sample(64, 64);
+        let cut = bytes.len() - 40;
+        assert_eq!(decode(&bytes[..cut]).unwrap_err(), JpegError::Truncated);
+        // Only the EOI marker missing: the image is complete, libjpeg accepts it with a warning.
+        assert!(decode(&bytes[..bytes.len() - 2]).is_ok());
     }
 
     #[test]

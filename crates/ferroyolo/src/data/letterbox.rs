@@ -74,18 +74,23 @@ pub fn resize_bilinear(img: &RgbImage, new_w: u32, new_h: u32) -> RgbImage {
     let row_len = sw as usize * 3;
 
     // Horizontally resized source rows, cached because consecutive output rows share them.
+    // Taps whose right neighbour is past the edge use the edge sample alone (weight 2^11).
+    let inner = xt.iter().take_while(|t| (t.src as u32) + 1 < sw).count();
     let hrow = |y: usize, buf: &mut Vec<i32>| {
-        buf.clear();
+        buf.resize(xt.len() * 3, 0);
         let s = &src[y * row_len..(y + 1) * row_len];
-        for t in &xt {
+        let (inner_out, edge_out) = buf.split_at_mut(inner * 3);
+        for (t, d) in xt[..inner].iter().zip(inner_out.chunks_exact_mut(3)) {
+            let x = t.src as usize * 3;
+            let (p, q) = (&s[x..x + 3], &s[x + 3..x + 6]);
+            for c in 0..3 {
+                d[c] = p[c] as i32 * t.w0 + q[c] as i32 * t.w1;
+            }
+        }
+        for (t, d) in xt[inner..].iter().zip(edge_out.chunks_exact_mut(3)) {
             let x = t.src as usize * 3;
             for c in 0..3 {
-                let v = if (t.src as u32) + 1 < sw {
-                    s[x + c] as i32 * t.w0 + s[x + 3 + c] as i32 * t.w1
-                } else {
-                    s[x + c] as i32 * (1 << COEF_BITS)
-                };
-                buf.push(v);
+                d[c] = s[x + c] as i32 * (1 << COEF_BITS);
             }
         }
     };
