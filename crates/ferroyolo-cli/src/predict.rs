@@ -36,22 +36,22 @@ pub struct PredictArgs {
     #[arg(long, value_parser = parse_classes)]
     classes: Option<Vec<usize>>,
     /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
-    #[arg(long, default_value = "false", value_parser = parse_bool)]
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     nms: bool,
     /// Class-agnostic NMS / top-k.
-    #[arg(long, default_value = "false", value_parser = parse_bool)]
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     agnostic_nms: bool,
     /// Pad to the next multiple of 32 only (true) or to the full imgsz square (false).
-    #[arg(long, default_value = "true", value_parser = parse_bool)]
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     rect: bool,
     /// Save annotated images.
-    #[arg(long, default_value = "true", value_parser = parse_bool)]
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     save: bool,
     /// Save YOLO-format label files (class cx cy w h [conf]).
-    #[arg(long, default_value = "false", value_parser = parse_bool)]
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     save_txt: bool,
     /// Include the confidence in label files.
-    #[arg(long, default_value = "true", value_parser = parse_bool)]
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     save_conf: bool,
     /// Parent folder of the run folder.
     #[arg(long, default_value = "runs/detect")]
@@ -60,7 +60,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "predict")]
     name: String,
     /// Reuse the run folder if it exists.
-    #[arg(long, default_value = "false", value_parser = parse_bool)]
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     exist_ok: bool,
     /// Output: text (log lines) or json (one JSON document on stdout).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
