@@ -74,8 +74,11 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
         let q_off: Vec<usize> = (0..kd).map(|d| d * n).collect();
         let s_args = GemmArgs {
             m: n,
-            n,
             k: kd,
+            rows: 1,
+            cols: n,
+            b_rs: 0,
+            c_rs: 0,
             a: &a,
             bias: &zeros,
             b: q.as_ptr(),
@@ -92,8 +95,11 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
         let p_off: Vec<usize> = (0..n).map(|j| j * n).collect();
         let o_args = GemmArgs {
             m: hd,
-            n,
             k: n,
+            rows: 1,
+            cols: n,
+            b_rs: 0,
+            c_rs: 0,
             a: &v_packed,
             bias: &zeros,
             b: st.as_ptr(),

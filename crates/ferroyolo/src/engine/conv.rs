@@ -191,18 +191,19 @@ impl Conv2d {
             self.in_channels
         );
         let geo = self.geometry(h, w);
-        let mut out = vec![0.0f32; n * self.out_channels * geo.ho * geo.wo];
-        if self.in_channels == self.groups && self.out_channels == self.groups {
+        let shape = [n, self.out_channels, geo.ho, geo.wo];
+        let depthwise = self.in_channels == self.groups && self.out_channels == self.groups;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && !depthwise {
+            return Tensor::new(shape, self.forward_igemm(x, act, geo));
+        }
+        let mut out = vec![0.0f32; shape.iter().product()];
+        if depthwise {
             self.forward_depthwise(x, act, geo, &mut out, isa);
         } else {
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 {
-                self.forward_igemm(x, act, geo, &mut out);
-                return Tensor::new([n, self.out_channels, geo.ho, geo.wo], out);
-            }
             self.forward_im2col(x, act, geo, &mut out, isa);
         }
-        Tensor::new([n, self.out_channels, geo.ho, geo.wo], out)
+        Tensor::new(shape, out)
     }
 
     /// Offsets, into one group's phase-layout input, of the row of B for each tap `(ci, ky, kx)` in
@@ -221,8 +222,9 @@ impl Conv2d {
         off
     }
 
+    /// AVX-512 path; returns the output values (NCHW).
     #[cfg(target_arch = "x86_64")]
-    fn forward_igemm(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32]) {
+    fn forward_igemm(&self, x: &Tensor, act: Activation, geo: Geometry) -> Vec<f32> {
         use super::igemm::{igemm, pack_a, pad_bias, GemmArgs};
 
         let (cin_g, cout_g) = (self.in_channels / self.groups, self.out_channels / self.groups);
@@ -236,14 +238,28 @@ impl Conv2d {
         let direct = s == 1 && self.padding == 0;
         let group_len = cin_g * s * s * geo.hq * geo.wq;
         let b_off = self.tap_offsets(geo);
-        // Outputs computed on the Wq-wide grid; the last row needs only Wo of them, which keeps every
-        // tap's run inside the buffer.
+        // How the output grid maps onto the Wq-wide phase grid:
+        // * Wq == Wo: the same grid, written straight into the output;
+        // * wide rows: the kernel walks output rows (B row stride Wq, C row stride Wo) and stores
+        //   straight into the output, masking each row's end;
+        // * narrow rows (e.g. 20 or 40 wide, where a masked row end would waste much of a 48-column
+        //   tile): compute all `nq` positions of the flattened Wq-wide grid into a scratch buffer, then
+        //   copy the valid Wo columns of each row out. Stopping the last row at Wo keeps every tap's run
+        //   inside the phase buffer.
         let nq = (geo.ho - 1) * geo.wq + geo.wo;
-        assert!(b_off.iter().max().map_or(0, |&m| m) + nq <= group_len, "phase layout too small");
-        let compact = geo.wq != geo.wo;
-        let out_image = self.out_channels * geo.ho * geo.wo;
-        let out_group = cout_g * geo.ho * geo.wo;
-        for (img, out) in out.chunks_mut(out_image).enumerate() {
+        let compact = geo.wq != geo.wo && geo.wo % 16 != 0 && geo.wo < 64;
+        let (rows, cols, b_rs, c_rs) = if geo.wq == geo.wo || compact {
+            (1, nq, 0, 0)
+        } else {
+            (geo.ho, geo.wo, geo.wq, geo.wo)
+        };
+        let max_off = b_off.iter().max().map_or(0, |&m| m);
+        assert!(max_off + (geo.ho - 1) * geo.wq + geo.wo <= group_len, "phase layout too small");
+        let plane = geo.ho * geo.wo;
+        let total = x.shape()[0] * self.out_channels * plane;
+        let mut out: Vec<f32> = Vec::with_capacity(total);
+        let out_ptr = out.as_mut_ptr();
+        for img in 0..x.shape()[0] {
             let src = x.image(img);
             with_scratch(if direct { 0 } else { self.groups * group_len }, |phases| {
                 let input: &[f32] = if direct {
@@ -253,12 +269,17 @@ impl Conv2d {
                     phases
                 };
                 with_scratch(if compact { cout_g * nq } else { 0 }, |tmp| {
-                    for (g, out) in out.chunks_mut(out_group).enumerate() {
-                        let (c, ldc) = if compact { (tmp.as_mut_ptr(), nq) } else { (out.as_mut_ptr(), nq) };
+                    for g in 0..self.groups {
+                        // SAFETY: inside the `total`-element allocation.
+                        let out_g = unsafe { out_ptr.add((img * self.groups + g) * cout_g * plane) };
+                        let (c, ldc) = if compact { (tmp.as_mut_ptr(), nq) } else { (out_g, plane) };
                         let args = GemmArgs {
                             m: cout_g,
-                            n: nq,
                             k: kk,
+                            rows,
+                            cols,
+                            b_rs,
+                            c_rs,
                             a: &packed.a[g],
                             bias: &packed.bias[g],
                             b: input[g * group_len..].as_ptr(),
@@ -267,18 +288,25 @@ impl Conv2d {
                             ldc,
                             act,
                         };
-                        // SAFETY: the tier is AVX-512 only when the CPU has it; every B run
-                        // `b_off[t] .. b_off[t] + nq` lies in this group's `group_len` values (asserted
-                        // above); C is `cout_g` rows of `ldc >= nq` in `tmp` (len cout_g·nq) or `out`
-                        // (len cout_g·ho·wo = cout_g·nq when not compacting), disjoint from the input.
+                        // SAFETY: the tier is AVX-512 only when the CPU has it. B: the furthest element
+                        // read, max(b_off) + (ho-1)·wq + wo - 1 in every mode, is inside this group's
+                        // `group_len` values (asserted above). C: `cout_g` rows of `ldc` holding the
+                        // (rows × cols) grid at row stride `c_rs`: all of `tmp` (cout_g·nq) when
+                        // compacting, else exactly this group's cout_g·ho·wo outputs; neither aliases
+                        // the input.
                         unsafe { igemm(&args) };
                         if compact {
-                            compact_rows(tmp, out, cout_g, geo, nq);
+                            // SAFETY: writes this group's cout_g·ho·wo outputs, inside the allocation.
+                            unsafe { compact_rows(tmp, out_g, cout_g, geo, nq) };
                         }
                     }
                 });
             });
         }
+        // SAFETY: every group of every image had all cout_g·ho·wo outputs written above (by the kernel
+        // directly, or by `compact_rows`).
+        unsafe { out.set_len(total) };
+        out
     }
 
     /// Portable path: im2col + `gemm` + bias/activation pass.
@@ -346,12 +374,15 @@ impl Conv2d {
         let c = self.in_channels;
         let plane_in = geo.h * geo.w;
         let plane_out = geo.ho * geo.wo;
+        // Offset of each tap's run for output row 0 (row y adds y·Wq), as in `tap_offsets`.
+        let taps = self.tap_offsets(geo);
+        let silu = act == Activation::Silu;
         let work = |(i, (out, src)): (usize, (&mut [f32], &[f32]))| {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
                 build_phases(src, 1, geo, s, p, phases);
-                depthwise_plane(phases, w, self.bias[ch], geo, k, s, act, out, isa);
+                depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
         if out.len() >= 1 << 14 {
@@ -418,19 +449,36 @@ fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize,
     }
 }
 
-/// Copies the valid `Wo` columns of each `Wq`-wide output row from `tmp` (`channels` rows of `nq`) to `out`.
-fn compact_rows(tmp: &[f32], out: &mut [f32], channels: usize, geo: Geometry, nq: usize) {
+/// Copies the valid `Wo` columns of each `Wq`-wide output row from `tmp` (`channels` rows of `nq`)
+/// to the `channels · ho · wo` NCHW outputs at `out`.
+///
+/// # Safety
+/// `out` must be valid for writing `channels · ho · wo` floats and not overlap `tmp`.
+unsafe fn compact_rows(tmp: &[f32], out: *mut f32, channels: usize, geo: Geometry, nq: usize) {
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: each task writes its own channel's plane.
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+    impl Out {
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
     let plane = geo.ho * geo.wo;
-    let one = |(out, tmp): (&mut [f32], &[f32])| {
-        for (y, row) in out.chunks_mut(geo.wo).enumerate() {
-            row.copy_from_slice(&tmp[y * geo.wq..y * geo.wq + geo.wo]);
+    let dst = Out(out);
+    let one = |ch: usize| {
+        let src = &tmp[ch * nq..(ch + 1) * nq];
+        for y in 0..geo.ho {
+            let row = &src[y * geo.wq..y * geo.wq + geo.wo];
+            // SAFETY: row y of plane ch is inside the caller's `channels · ho · wo` floats.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add(ch * plane + y * geo.wo), geo.wo) };
         }
     };
-    let out = &mut out[..channels * plane];
-    if out.len() >= 1 << 16 {
-        out.par_chunks_mut(plane).zip(tmp.par_chunks(nq)).for_each(one);
+    if channels * plane >= 1 << 16 {
+        (0..channels).into_par_iter().for_each(one);
     } else {
-        out.chunks_mut(plane).zip(tmp.chunks(nq)).for_each(one);
+        (0..channels).for_each(one);
     }
 }
 
@@ -464,31 +512,31 @@ fn bias_act(row: &mut [f32], bias: f32, act: Activation, isa: Isa) {
     }
 }
 
-/// One depthwise output plane from its input's phase layout.
+/// One depthwise output plane from its input's phase layout; `taps[t]` is where tap `t`'s run for
+/// output row 0 starts (row `y` adds `y·Wq`).
 #[allow(clippy::too_many_arguments)]
 fn depthwise_plane(
     phases: &[f32],
     w: &[f32],
+    taps: &[usize],
     bias: f32,
     geo: Geometry,
-    k: usize,
-    s: usize,
-    act: Activation,
+    silu: bool,
     out: &mut [f32],
     isa: Isa,
 ) {
+    assert!(taps.iter().max().map_or(0, |&t| t) + (geo.ho - 1) * geo.wq + geo.wo <= phases.len());
+    assert_eq!(out.len(), geo.ho * geo.wo);
+    /// Tap-outer: each tap is one contiguous multiply-add pass over the output row (kept in L1),
+    /// which the compiler vectorises for any ISA.
     #[inline(always)]
-    fn generic(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
-        let phase = geo.hq * geo.wq;
+    fn generic(phases: &[f32], w: &[f32], taps: &[usize], bias: f32, geo: Geometry, silu: bool, out: &mut [f32]) {
         for (y, row) in out.chunks_mut(geo.wo).enumerate() {
             row.fill(bias);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let off = ((ky % s) * s + kx % s) * phase + (y + ky / s) * geo.wq + kx / s;
-                    let wt = w[ky * k + kx];
-                    for (d, &v) in row.iter_mut().zip(&phases[off..off + geo.wo]) {
-                        *d += wt * v;
-                    }
+            for (&off, &wt) in taps.iter().zip(w) {
+                let src = &phases[off + y * geo.wq..][..geo.wo];
+                for (d, &v) in row.iter_mut().zip(src) {
+                    *d += wt * v;
                 }
             }
             if silu {
@@ -499,27 +547,72 @@ fn depthwise_plane(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
-        generic(phases, w, bias, geo, k, s, silu, out)
-    }
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2(phases: &[f32], w: &[f32], bias: f32, geo: Geometry, k: usize, s: usize, silu: bool, out: &mut [f32]) {
-        generic(phases, w, bias, geo, k, s, silu, out)
+    unsafe fn avx2(phases: &[f32], w: &[f32], taps: &[usize], bias: f32, geo: Geometry, silu: bool, out: &mut [f32]) {
+        generic(phases, w, taps, bias, geo, silu, out)
     }
-    let silu = act == Activation::Silu;
     #[cfg(target_arch = "x86_64")]
     match isa {
-        // SAFETY: `isa` never exceeds what the CPU was detected to support.
-        Isa::Avx512 => return unsafe { avx512(phases, w, bias, geo, k, s, silu, out) },
-        Isa::Avx2 => return unsafe { avx2(phases, w, bias, geo, k, s, silu, out) },
+        // SAFETY: `isa` never exceeds what the CPU was detected to support; the bounds `depthwise_avx512`
+        // relies on are asserted above.
+        Isa::Avx512 => return unsafe { depthwise_avx512(phases, w, taps, bias, geo, silu, out) },
+        Isa::Avx2 => return unsafe { avx2(phases, w, taps, bias, geo, silu, out) },
         Isa::Portable => {}
     }
     let _ = isa;
-    generic(phases, w, bias, geo, k, s, silu, out)
+    generic(phases, w, taps, bias, geo, silu, out)
+}
+
+/// AVX-512 depthwise plane: 64 outputs of a row at a time stay in 4 registers across all taps (four
+/// independent FMA chains), then are stored once; row ends are masked.
+///
+/// # Safety
+/// AVX-512F must be available; `max(taps) + (ho-1)·wq + wo <= phases.len()` and `out.len() == ho·wo`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_avx512(
+    phases: &[f32],
+    w: &[f32],
+    taps: &[usize],
+    bias: f32,
+    geo: Geometry,
+    silu: bool,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const V: usize = 4;
+    for y in 0..geo.ho {
+        let row = out.as_mut_ptr().add(y * geo.wo);
+        let base = phases.as_ptr().add(y * geo.wq);
+        let mut x0 = 0;
+        while x0 < geo.wo {
+            let len = (geo.wo - x0).min(V * 16);
+            let mut masks = [0u16; V];
+            for (v, m) in masks.iter_mut().enumerate() {
+                *m = ((1u32 << len.saturating_sub(v * 16).min(16)) - 1) as u16;
+            }
+            let mut acc = [_mm512_set1_ps(bias); V];
+            for (&off, &wt) in taps.iter().zip(w) {
+                let wv = _mm512_set1_ps(wt);
+                let p = base.add(off + x0);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    // Masked-off lanes are not read, so the row's end never reads past the plane.
+                    *a = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16)), *a);
+                }
+            }
+            for (v, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(row.add(x0 + v * 16), masks[v], *a);
+            }
+            // SiLU as a pass over the stored values, so `acc` stays in registers (see igemm's tile).
+            if silu {
+                for (v, &m) in masks.iter().enumerate() {
+                    let p = row.add(x0 + v * 16);
+                    _mm512_mask_storeu_ps(p, m, super::simd::avx512::silu(_mm512_maskz_loadu_ps(m, p)));
+                }
+            }
+            x0 += len;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -616,6 +709,10 @@ mod tests {
             (1, 64, 24, 3, 2, 1, 1, 7, 5, true),
             (1, 20, 20, 3, 1, 0, 1, 6, 9, true),
             (1, 130, 9, 3, 1, 1, 1, 12, 12, true),
+            // Output rows the AVX-512 path walks row by row (wide, or a multiple of 16).
+            (1, 8, 12, 3, 1, 1, 1, 5, 70, true),
+            (1, 4, 9, 3, 2, 1, 1, 7, 130, true),
+            (1, 5, 16, 3, 1, 1, 1, 3, 32, true),
         ]);
     }
 
@@ -637,6 +734,7 @@ mod tests {
             (2, 7, 7, 3, 1, 1, 7, 13, 7, false),
             (1, 5, 5, 3, 2, 1, 5, 11, 9, true),
             (1, 3, 3, 5, 1, 2, 3, 8, 13, true),
+            (1, 16, 16, 3, 1, 1, 16, 3, 70, true),
             // 2 < groups < channels, and a channel multiplier.
             (1, 12, 18, 3, 1, 1, 3, 9, 10, true),
             (2, 8, 8, 1, 1, 0, 4, 6, 7, false),
