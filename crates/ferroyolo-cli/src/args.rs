@@ -84,7 +84,7 @@ mod tests {
         assert!(parse_imgsz("0").is_err());
         assert!(parse_imgsz("a").is_err());
         assert_eq!(parse_classes("0,2").unwrap(), vec![0, 2]);
-        assert_eq!(parse_bool("False").unwrap(), false);
+        assert!(!parse_bool("False").unwrap());
         assert!(parse_bool("maybe").is_err());
     }
 }

@@ -36,7 +36,7 @@ fn grouped(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -57,7 +57,7 @@ fn describe(spec: &LayerSpec) -> String {
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    if a.imgsz == 0 || a.imgsz % 32 != 0 {
+    if a.imgsz == 0 || !a.imgsz.is_multiple_of(32) {
         bail!("imgsz={} must be a positive multiple of 32", a.imgsz);
     }
     let yolo = Yolo::load(&a.model)?;

@@ -556,7 +556,7 @@ pub enum Layer {
     C2psa(C2psa),
     Upsample(usize),
     Concat,
-    Detect(Detect),
+    Detect(Box<Detect>),
 }
 
 impl Layer {
@@ -613,7 +613,7 @@ impl Yolo26 {
                 }
                 &LayerSpec::Upsample { scale } => Layer::Upsample(scale),
                 LayerSpec::Concat => Layer::Concat,
-                LayerSpec::Detect { nc, ch, .. } => Layer::Detect(Detect::load(ws, &p, *nc, ch, strides.clone())?),
+                LayerSpec::Detect { nc, ch, .. } => Layer::Detect(Box::new(Detect::load(ws, &p, *nc, ch, strides.clone())?)),
             };
             layers.push(layer);
         }

@@ -246,11 +246,10 @@ mod tests {
         };
         for (i, b) in boxes.iter().enumerate() {
             let ltrb = [0.5 - b[0], 0.5 - b[1], b[2] - 0.5, b[3] - 0.5];
-            for k in 0..4 {
-                out.boxes[k * a + i] = ltrb[k];
+            for (k, v) in ltrb.iter().enumerate() {
+                out.boxes[k * a + i] = *v;
             }
-            for c in 0..nc {
-                let p: f32 = scores[i][c];
+            for (c, &p) in scores[i].iter().enumerate() {
                 out.logits[c * a + i] = (p / (1.0 - p)).ln();
             }
         }
