@@ -256,7 +256,7 @@ pub enum C3k2Block {
     Bottleneck(Bottleneck),
     C3k(C3k),
     /// Bottleneck then PSABlock (the attention variant of layer 22).
-    Attn(Bottleneck, PsaBlock),
+    Attn(Bottleneck, Box<PsaBlock>),
 }
 
 impl C3k2Block {
@@ -295,7 +295,7 @@ impl C3k2 {
             .map(|i| {
                 let mp = format!("{p}.m.{i}");
                 Ok(if attn {
-                    C3k2Block::Attn(Bottleneck::load(ws, &format!("{mp}.0"), c, c, shortcut, 0.5)?, PsaBlock::load(ws, &format!("{mp}.1"), c)?)
+                    C3k2Block::Attn(Bottleneck::load(ws, &format!("{mp}.0"), c, c, shortcut, 0.5)?, Box::new(PsaBlock::load(ws, &format!("{mp}.1"), c)?))
                 } else if c3k {
                     C3k2Block::C3k(C3k::load(ws, &mp, c, c, 2, shortcut)?)
                 } else {
