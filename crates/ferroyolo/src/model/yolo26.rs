@@ -254,7 +254,7 @@ impl PsaBlock {
 #[derive(Clone, Debug)]
 pub enum C3k2Block {
     Bottleneck(Bottleneck),
-    C3k(C3k),
+    C3k(Box<C3k>),
     /// Bottleneck then PSABlock (the attention variant of layer 22).
     Attn(Bottleneck, Box<PsaBlock>),
 }
@@ -297,7 +297,7 @@ impl C3k2 {
                 Ok(if attn {
                     C3k2Block::Attn(Bottleneck::load(ws, &format!("{mp}.0"), c, c, shortcut, 0.5)?, Box::new(PsaBlock::load(ws, &format!("{mp}.1"), c)?))
                 } else if c3k {
-                    C3k2Block::C3k(C3k::load(ws, &mp, c, c, 2, shortcut)?)
+                    C3k2Block::C3k(Box::new(C3k::load(ws, &mp, c, c, 2, shortcut)?))
                 } else {
                     C3k2Block::Bottleneck(Bottleneck::load(ws, &mp, c, c, shortcut, 0.5)?)
                 })
