@@ -265,7 +265,7 @@ impl Conv2d {
                 let input: &[f32] = if direct {
                     src
                 } else {
-                    build_phases(src, self.in_channels, geo, s, self.padding, phases);
+                    build_phases(src, self.in_channels, geo, s, self.padding, phases, Isa::Avx512);
                     phases
                 };
                 with_scratch(if compact { cout_g * nq } else { 0 }, |tmp| {
@@ -381,7 +381,7 @@ impl Conv2d {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
-                build_phases(src, 1, geo, s, p, phases);
+                build_phases(src, 1, geo, s, p, phases, isa);
                 depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
@@ -412,7 +412,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// Writes `channels` planes of `src` (`h × w` each) into the phase layout of `geo`:
 /// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = src[ci][i·s + a - p][j·s + b - p]`, zero outside the input.
-fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize, dst: &mut [f32]) {
+fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize, dst: &mut [f32], isa: Isa) {
     let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
     let per_channel = s * s * hq * wq;
     let one = |(dst, src): (&mut [f32], &[f32])| {
@@ -431,11 +431,13 @@ fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize,
                 row[..j0].fill(0.0);
                 row[j1..].fill(0.0);
                 let x0 = j0 * s + b - p;
-                if s == 1 {
-                    row[j0..j1].copy_from_slice(&srow[x0..x0 + (j1 - j0)]);
-                } else {
-                    for (d, &v) in row[j0..j1].iter_mut().zip(srow[x0..].iter().step_by(s)) {
-                        *d = v;
+                match s {
+                    1 => row[j0..j1].copy_from_slice(&srow[x0..x0 + (j1 - j0)]),
+                    2 => gather_stride2(&mut row[j0..j1], &srow[x0..], isa),
+                    _ => {
+                        for (d, &v) in row[j0..j1].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                            *d = v;
+                        }
                     }
                 }
             }
@@ -446,6 +448,47 @@ fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize,
         dst.par_chunks_mut(per_channel).zip(src.par_chunks(h * w)).for_each(one);
     } else {
         dst.chunks_mut(per_channel).zip(src.chunks(h * w)).for_each(one);
+    }
+}
+
+/// `dst[i] = src[2·i]` (stride-2 columns of one input row into one phase row).
+///
+/// # Panics
+/// If `src` is shorter than `2·dst.len() - 1`.
+fn gather_stride2(dst: &mut [f32], src: &[f32], isa: Isa) {
+    if dst.is_empty() {
+        return;
+    }
+    assert!(src.len() > 2 * (dst.len() - 1), "gather_stride2: source row too short");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: AVX-512F is available (tier); the source length was checked above.
+        return unsafe { gather_stride2_avx512(dst, src) };
+    }
+    let _ = isa;
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = src[2 * i];
+    }
+}
+
+/// 16 outputs per step: two (masked) loads of 32 source values and one two-source permute.
+///
+/// # Safety
+/// AVX-512F must be available and `src.len() >= 2·dst.len() - 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_stride2_avx512(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let lanes = |n: usize| ((1u32 << n.min(16)) - 1) as u16;
+    let mut i = 0;
+    while i < dst.len() {
+        let rem = src.len() - 2 * i;
+        let lo = _mm512_maskz_loadu_ps(lanes(rem), src.as_ptr().add(2 * i));
+        let hi = _mm512_maskz_loadu_ps(lanes(rem.saturating_sub(16)), src.as_ptr().add(2 * i + 16));
+        let v = _mm512_permutex2var_ps(lo, even, hi);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), lanes(dst.len() - i), v);
+        i += 16;
     }
 }
 
@@ -723,7 +766,26 @@ mod tests {
             (2, 4, 8, 5, 2, 2, 1, 11, 16, false),
             (1, 3, 5, 5, 3, 1, 1, 17, 14, true),
             (1, 2, 3, 5, 1, 0, 1, 5, 5, true),
+            // Stride 2 over wide rows (the vectorised phase split), plain and depthwise.
+            (1, 3, 8, 3, 2, 1, 1, 9, 75, true),
+            (1, 4, 4, 3, 2, 1, 4, 5, 67, true),
         ]);
+    }
+
+    #[test]
+    fn stride2_gather_tiers_agree() {
+        let src: Vec<f32> = (0..100).map(|v| v as f32).collect();
+        for n in [1usize, 7, 15, 16, 17, 31, 32, 33, 50] {
+            for extra in [0usize, 1] {
+                let src = &src[..2 * n - 1 + extra];
+                for isa in tiers() {
+                    let mut dst = vec![-1.0; n];
+                    gather_stride2(&mut dst, src, isa);
+                    let want: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
+                    assert_eq!(dst, want, "{isa:?} n {n} src {}", src.len());
+                }
+            }
+        }
     }
 
     #[test]

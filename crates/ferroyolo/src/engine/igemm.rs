@@ -18,10 +18,10 @@ use super::Activation;
 
 /// Rows of C per micro-kernel tile (one A panel).
 pub(crate) const MR: usize = 8;
-/// 16-lane vectors of C per row of a tile.
-const NV: usize = 3;
-/// Columns of C per tile.
-pub(crate) const NR: usize = NV * 16;
+/// 16-lane vectors of C per row of a full tile.
+const NV_MAX: usize = 3;
+/// Columns of C per full tile.
+pub(crate) const NR: usize = NV_MAX * 16;
 /// k-block length: a `KC × NR` slice of B (24 KiB at 128) stays in L1 while every A panel passes over it.
 const KC: usize = 128;
 
@@ -129,11 +129,15 @@ pub(crate) unsafe fn igemm(g: &GemmArgs) {
 unsafe fn run_block(g: &GemmArgs, tiles: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
     let silu = g.act == Activation::Silu;
     let tpr = g.tiles_per_row();
-    for t in tiles {
+    let b_at = |t: usize| g.b.add((t / tpr) * g.b_rs + (t % tpr) * NR);
+    for t in tiles.clone() {
         let (y, x0) = (t / tpr, (t % tpr) * NR);
         let len = NR.min(g.cols - x0);
-        let b = g.b.add(y * g.b_rs + x0);
+        let b = b_at(t);
         let c = g.c.add(y * g.c_rs + x0);
+        // While the first panel runs over this tile's B rows, prefetch the next tile's: they are as
+        // many separate streams as k, too many for the hardware prefetcher to follow.
+        let next_b = if t + 1 < tiles.end { b_at(t + 1) } else { std::ptr::null() };
         let mut kb = 0;
         while kb < g.k {
             let kc = KC.min(g.k - kb);
@@ -150,16 +154,24 @@ unsafe fn run_block(g: &GemmArgs, tiles: std::ops::Range<usize>, panels: std::op
                     rows: MR.min(g.m - p * MR),
                     bias: first.then(|| g.bias.as_ptr().add(p * MR)),
                     silu: last && silu,
+                    prefetch: next_b,
                 };
                 // The narrowest kernel that covers the tile, so a short row end does not pay for
                 // fully masked vectors.
-                match len {
-                    NR => tile::<3, true>(&t, len),
-                    33.. => tile::<3, false>(&t, len),
-                    32 => tile::<2, true>(&t, len),
-                    17.. => tile::<2, false>(&t, len),
-                    16 => tile::<1, true>(&t, len),
-                    _ => tile::<1, false>(&t, len),
+                let pf = p == panels.start && !next_b.is_null();
+                match (len, pf) {
+                    (NR, false) => tile::<3, true, false>(&t, len),
+                    (NR, true) => tile::<3, true, true>(&t, len),
+                    (33.., false) => tile::<3, false, false>(&t, len),
+                    (33.., true) => tile::<3, false, true>(&t, len),
+                    (32, false) => tile::<2, true, false>(&t, len),
+                    (32, true) => tile::<2, true, true>(&t, len),
+                    (17.., false) => tile::<2, false, false>(&t, len),
+                    (17.., true) => tile::<2, false, true>(&t, len),
+                    (16, false) => tile::<1, true, false>(&t, len),
+                    (16, true) => tile::<1, true, true>(&t, len),
+                    (_, false) => tile::<1, false, false>(&t, len),
+                    (_, true) => tile::<1, false, true>(&t, len),
                 }
             }
             kb += kc;
@@ -183,14 +195,17 @@ struct Tile {
     bias: Option<*const f32>,
     /// Apply SiLU (last k-block only).
     silu: bool,
+    /// B at the next tile's first column, for `PF` kernels to prefetch.
+    prefetch: *const f32,
 }
 
 /// The `MR × 16·NV` micro-kernel. `FULL` tiles use plain loads and stores; partial ones (`len` < 16·NV
-/// columns) mask lanes past the end of the row, so nothing outside it is read or written.
+/// columns) mask lanes past the end of the row, so nothing outside it is read or written. `PF` kernels
+/// also prefetch the next tile's B rows (`t.prefetch`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const NV: usize, const FULL: bool>(t: &Tile, len: usize) {
+unsafe fn tile<const NV: usize, const FULL: bool, const PF: bool>(t: &Tile, len: usize) {
     use super::simd::avx512;
     use std::arch::x86_64::*;
 
@@ -223,7 +238,16 @@ unsafe fn tile<const NV: usize, const FULL: bool>(t: &Tile, len: usize) {
         }
     }
     for kk in 0..t.kc {
-        let bp = t.b.add(*t.b_off.add(kk));
+        let off = *t.b_off.add(kk);
+        let bp = t.b.add(off);
+        if PF {
+            // A prefetch never faults; wrapping_add because past a row's end the address may be
+            // outside the allocation.
+            let q = t.prefetch.wrapping_add(off) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(q);
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(128));
+        }
         let mut bv = [_mm512_setzero_ps(); NV];
         for (j, v) in bv.iter_mut().enumerate() {
             *v = load(bp.add(j * 16), j);
@@ -243,24 +267,23 @@ unsafe fn tile<const NV: usize, const FULL: bool>(t: &Tile, len: usize) {
             _mm512_mask_storeu_ps(p, masks[j], v)
         }
     };
-    for (r, row) in acc.iter().enumerate() {
-        if r >= rows {
-            continue;
-        }
-        for (j, &v) in row.iter().enumerate() {
-            store(c.add(r * ldc + j * 16), j, v);
-        }
+    // Bias is in; apply SiLU in registers and store. Unrolled by macro so every index into `acc` is a
+    // constant: as a loop, LLVM would not unroll the large SiLU body, would index `acc` at run time,
+    // and so would keep all of `acc` on the stack through the k loop.
+    macro_rules! unroll {
+        ($i:ident in [$($n:literal),*] $body:block) => { $( { const $i: usize = $n; $body } )* };
     }
-    // SiLU as a second pass over the tile (now in L1): applied to `acc` directly, LLVM would not
-    // unroll the large loop body, index `acc` at run time and so keep all of it on the stack.
-    if t.silu {
-        for r in 0..rows {
-            for j in 0..NV {
-                let p = c.add(r * ldc + j * 16);
-                store(p, j, avx512::silu(load(p, j)));
-            }
+    const _: () = assert!(MR == 8 && NV_MAX == 3, "the unrolled epilogue below spells out 8 rows and 3 vectors");
+    unroll!(R in [0, 1, 2, 3, 4, 5, 6, 7] {
+        if R < rows {
+            unroll!(J in [0, 1, 2] {
+                if let Some(&v) = acc[R].get(J) {
+                    let v = if t.silu { avx512::silu(v) } else { v };
+                    store(c.add(R * ldc + J * 16), J, v);
+                }
+            });
         }
-    }
+    });
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
