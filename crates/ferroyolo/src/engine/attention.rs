@@ -1,5 +1,6 @@
 //! The multi-head self-attention core of YOLO26's `Attention` module (softmax(qᵀk·scale), then v·attnᵀ).
 
+use super::buffers;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
 
@@ -34,10 +35,10 @@ pub(crate) fn attention_isa(
         "attention: {c} channels, {heads} heads × (2·{key_dim} + {head_dim}) expected"
     );
     let n = h * w;
-    let mut out = vec![0.0f32; b * heads * head_dim * n];
-    let mut v_out = Vec::with_capacity(b * heads * head_dim * n);
+    let mut out = buffers::zeros(b * heads * head_dim * n);
+    let mut v_out = buffers::take(b * heads * head_dim * n);
     // Scores, stored transposed: st[j][i] = score of query i against key j.
-    let mut st = vec![0.0f32; n * n];
+    let mut st = buffers::zeros(n * n);
     for img in 0..b {
         let src = qkv.image(img);
         for hd in 0..heads {
@@ -49,6 +50,7 @@ pub(crate) fn attention_isa(
             head(q, k, v, n, key_dim, head_dim, scale, &mut st, o, isa);
         }
     }
+    buffers::give(st);
     let shape = [b, heads * head_dim, h, w];
     (Tensor::new(shape, out), Tensor::new(shape, v_out))
 }
@@ -89,7 +91,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
         };
         // SAFETY: AVX-512 tier only on CPUs that have it; B rows d·n .. d·n + n lie in q (kd·n);
         // C is n rows of n in `st`, which aliases nothing else.
-        unsafe { igemm(&s_args) };
+        unsafe { igemm(&s_args, true) };
         softmax_columns(st, n, isa);
         let v_packed = pack_a(v, hd, n, n);
         let p_off: Vec<usize> = (0..n).map(|j| j * n).collect();
@@ -109,7 +111,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             act: Activation::Identity,
         };
         // SAFETY: as above; B rows j·n .. j·n + n lie in `st` (n·n); C is hd rows of n in `out`.
-        unsafe { igemm(&o_args) };
+        unsafe { igemm(&o_args, true) };
         return;
     }
     let threads = rayon::current_num_threads();

@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
+use super::buffers;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
 
@@ -197,7 +198,7 @@ impl Conv2d {
         if isa == Isa::Avx512 && !depthwise {
             return Tensor::new(shape, self.forward_igemm(x, act, geo));
         }
-        let mut out = vec![0.0f32; shape.iter().product()];
+        let mut out = buffers::zeros(shape.iter().product());
         if depthwise {
             self.forward_depthwise(x, act, geo, &mut out, isa);
         } else {
@@ -233,11 +234,9 @@ impl Conv2d {
             a: (0..self.groups).map(|g| pack_a(&self.weight[g * cout_g * kk..], cout_g, kk, kk)).collect(),
             bias: (0..self.groups).map(|g| pad_bias(&self.bias[g * cout_g..(g + 1) * cout_g])).collect(),
         });
-        let s = self.stride;
+        let (s, p) = (self.stride, self.padding);
         // Stride 1 without padding: the input planes already are the (single) phase.
-        let direct = s == 1 && self.padding == 0;
-        let group_len = cin_g * s * s * geo.hq * geo.wq;
-        let b_off = self.tap_offsets(geo);
+        let direct = s == 1 && p == 0;
         // How the output grid maps onto the Wq-wide phase grid:
         // * Wq == Wo: the same grid, written straight into the output;
         // * wide rows: the kernel walks output rows (B row stride Wq, C row stride Wo) and stores
@@ -248,63 +247,100 @@ impl Conv2d {
         //   inside the phase buffer.
         let nq = (geo.ho - 1) * geo.wq + geo.wo;
         let compact = geo.wq != geo.wo && geo.wo % 16 != 0 && geo.wo < 64;
-        let (rows, cols, b_rs, c_rs) = if geo.wq == geo.wo || compact {
-            (1, nq, 0, 0)
-        } else {
-            (geo.ho, geo.wo, geo.wq, geo.wo)
-        };
-        let max_off = b_off.iter().max().map_or(0, |&m| m);
-        assert!(max_off + (geo.ho - 1) * geo.wq + geo.wo <= group_len, "phase layout too small");
+        let row_mode = geo.wq != geo.wo && !compact;
         let plane = geo.ho * geo.wo;
         let total = x.shape()[0] * self.out_channels * plane;
-        let mut out: Vec<f32> = Vec::with_capacity(total);
-        let out_ptr = out.as_mut_ptr();
+        let mut out = buffers::take(total);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let gemm = |input: &[f32], group_len: usize, b_off: &[usize], out_img: *mut f32, rows: std::ops::Range<usize>, tmp: &mut [f32], parallel: bool| {
+            let max_off = b_off.iter().max().map_or(0, |&m| m);
+            for g in 0..self.groups {
+                // SAFETY (pointer arithmetic): inside the image's `out_channels · plane` outputs.
+                let out_g = unsafe { out_img.add(g * cout_g * plane) };
+                let (c, ldc, grid) = if compact {
+                    (tmp.as_mut_ptr(), nq, (1, nq, 0, 0))
+                } else if row_mode {
+                    // SAFETY (pointer arithmetic): row `rows.start` of this group's planes.
+                    (unsafe { out_g.add(rows.start * geo.wo) }, plane, (rows.len(), geo.wo, geo.wq, geo.wo))
+                } else {
+                    (out_g, plane, (1, nq, 0, 0))
+                };
+                let args = GemmArgs {
+                    m: cout_g,
+                    k: kk,
+                    rows: grid.0,
+                    cols: grid.1,
+                    b_rs: grid.2,
+                    c_rs: grid.3,
+                    a: &packed.a[g],
+                    bias: &packed.bias[g],
+                    b: input[g * group_len..].as_ptr(),
+                    b_off,
+                    c,
+                    ldc,
+                    act,
+                };
+                // The furthest B element the grid reads (the same bound in all three modes).
+                let reach = max_off + (grid.0 - 1) * grid.2 + grid.1;
+                assert!(reach <= group_len && (g + 1) * group_len <= input.len(), "phase layout too small");
+                // SAFETY: the tier is AVX-512 only when the CPU has it. B: every element read lies within
+                // this group's `group_len` input values (asserted above). C: `cout_g` rows of `ldc`
+                // holding the grid at row stride `c_rs`: all of `tmp` (cout_g·nq) when compacting, else
+                // this group's output rows `rows` (inside the allocation, written by no other task);
+                // neither aliases the input.
+                unsafe { igemm(&args, parallel) };
+                if compact {
+                    // SAFETY: writes this group's cout_g·ho·wo outputs, inside the allocation.
+                    unsafe { compact_rows(tmp, out_g, cout_g, geo, nq) };
+                }
+            }
+        };
         for img in 0..x.shape()[0] {
             let src = x.image(img);
+            // SAFETY (pointer arithmetic): image `img`'s outputs, inside the allocation.
+            let out_img = unsafe { out_ptr.get().add(img * self.out_channels * plane) };
+            if row_mode && !direct {
+                // Wide maps that need a phase layout: build it in bands of output rows, each band's
+                // phases sized to stay in L2 while the kernel reads them (the whole layout of e.g. a
+                // 64-channel 160×160 input is 6.6 MB), and let bands run in parallel.
+                let threads = rayon::current_num_threads();
+                let extra = (self.kernel - 1) / s;
+                let row_bytes = self.in_channels * s * s * geo.wq * 4;
+                let band = ((512 << 10) / row_bytes).saturating_sub(extra).clamp(1, geo.ho.div_ceil(4 * threads));
+                let band_geo = Geometry { hq: band + extra, ..geo };
+                let group_len = cin_g * s * s * band_geo.hq * geo.wq;
+                let b_off = self.tap_offsets(band_geo);
+                let out_img = SyncPtr(out_img);
+                let work = |i: usize| {
+                    let rows = i * band..((i + 1) * band).min(geo.ho);
+                    with_scratch(self.groups * group_len, |phases| {
+                        build_phases(src, self.in_channels, band_geo, s, p, rows.start, phases, Isa::Avx512, false);
+                        gemm(phases, group_len, &b_off, out_img.get(), rows, &mut [], false);
+                    });
+                };
+                if threads > 1 {
+                    (0..geo.ho.div_ceil(band)).into_par_iter().for_each(work);
+                } else {
+                    (0..geo.ho.div_ceil(band)).for_each(work);
+                }
+                continue;
+            }
+            let group_len = cin_g * s * s * geo.hq * geo.wq;
+            let b_off = self.tap_offsets(geo);
             with_scratch(if direct { 0 } else { self.groups * group_len }, |phases| {
                 let input: &[f32] = if direct {
                     src
                 } else {
-                    build_phases(src, self.in_channels, geo, s, self.padding, phases, Isa::Avx512);
+                    build_phases(src, self.in_channels, geo, s, p, 0, phases, Isa::Avx512, true);
                     phases
                 };
                 with_scratch(if compact { cout_g * nq } else { 0 }, |tmp| {
-                    for g in 0..self.groups {
-                        // SAFETY: inside the `total`-element allocation.
-                        let out_g = unsafe { out_ptr.add((img * self.groups + g) * cout_g * plane) };
-                        let (c, ldc) = if compact { (tmp.as_mut_ptr(), nq) } else { (out_g, plane) };
-                        let args = GemmArgs {
-                            m: cout_g,
-                            k: kk,
-                            rows,
-                            cols,
-                            b_rs,
-                            c_rs,
-                            a: &packed.a[g],
-                            bias: &packed.bias[g],
-                            b: input[g * group_len..].as_ptr(),
-                            b_off: &b_off,
-                            c,
-                            ldc,
-                            act,
-                        };
-                        // SAFETY: the tier is AVX-512 only when the CPU has it. B: the furthest element
-                        // read, max(b_off) + (ho-1)·wq + wo - 1 in every mode, is inside this group's
-                        // `group_len` values (asserted above). C: `cout_g` rows of `ldc` holding the
-                        // (rows × cols) grid at row stride `c_rs`: all of `tmp` (cout_g·nq) when
-                        // compacting, else exactly this group's cout_g·ho·wo outputs; neither aliases
-                        // the input.
-                        unsafe { igemm(&args) };
-                        if compact {
-                            // SAFETY: writes this group's cout_g·ho·wo outputs, inside the allocation.
-                            unsafe { compact_rows(tmp, out_g, cout_g, geo, nq) };
-                        }
-                    }
+                    gemm(input, group_len, &b_off, out_img, 0..geo.ho, tmp, true);
                 });
             });
         }
         // SAFETY: every group of every image had all cout_g·ho·wo outputs written above (by the kernel
-        // directly, or by `compact_rows`).
+        // directly, band by band, or by `compact_rows`).
         unsafe { out.set_len(total) };
         out
     }
@@ -381,7 +417,7 @@ impl Conv2d {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
-                build_phases(src, 1, geo, s, p, phases, isa);
+                build_phases(src, 1, geo, s, p, 0, phases, isa, false);
                 depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
@@ -390,6 +426,20 @@ impl Conv2d {
         } else {
             out.chunks_mut(plane_out).zip(x.data().chunks(plane_in)).enumerate().for_each(work);
         }
+    }
+}
+
+/// An output pointer shared by rayon tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every user hands each task a disjoint region to write (see the call sites).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// By method, so closures capture the wrapper and not (by edition-2021 disjoint capture) the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -410,9 +460,22 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// Writes `channels` planes of `src` (`h × w` each) into the phase layout of `geo`:
-/// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = src[ci][i·s + a - p][j·s + b - p]`, zero outside the input.
-fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize, dst: &mut [f32], isa: Isa) {
+/// Writes `channels` planes of `src` (`h × w` each) into the phase layout of `geo`, starting at phase
+/// row `i0` (a band of `geo.hq` rows):
+/// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = src[ci][(i0 + i)·s + a - p][j·s + b - p]`, zero outside
+/// the input. `parallel` splits the channels over the rayon pool.
+#[allow(clippy::too_many_arguments)]
+fn build_phases(
+    src: &[f32],
+    channels: usize,
+    geo: Geometry,
+    s: usize,
+    p: usize,
+    i0: usize,
+    dst: &mut [f32],
+    isa: Isa,
+    parallel: bool,
+) {
     let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
     let per_channel = s * s * hq * wq;
     let one = |(dst, src): (&mut [f32], &[f32])| {
@@ -422,7 +485,7 @@ fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize,
             let j0 = p.saturating_sub(b).div_ceil(s).min(wq);
             let j1 = if w + p > b { (w + p - b).div_ceil(s).min(wq) } else { 0 }.max(j0);
             for (i, row) in phase.chunks_mut(wq).enumerate() {
-                let y = (i * s + a).wrapping_sub(p);
+                let y = ((i0 + i) * s + a).wrapping_sub(p);
                 if y >= h {
                     row.fill(0.0);
                     continue;
@@ -444,7 +507,7 @@ fn build_phases(src: &[f32], channels: usize, geo: Geometry, s: usize, p: usize,
         }
     };
     let dst = &mut dst[..channels * per_channel];
-    if channels > 1 && dst.len() >= 1 << 16 {
+    if parallel && channels > 1 && dst.len() >= 1 << 16 {
         dst.par_chunks_mut(per_channel).zip(src.par_chunks(h * w)).for_each(one);
     } else {
         dst.chunks_mut(per_channel).zip(src.chunks(h * w)).for_each(one);
@@ -498,18 +561,8 @@ unsafe fn gather_stride2_avx512(dst: &mut [f32], src: &[f32]) {
 /// # Safety
 /// `out` must be valid for writing `channels · ho · wo` floats and not overlap `tmp`.
 unsafe fn compact_rows(tmp: &[f32], out: *mut f32, channels: usize, geo: Geometry, nq: usize) {
-    #[derive(Clone, Copy)]
-    struct Out(*mut f32);
-    // SAFETY: each task writes its own channel's plane.
-    unsafe impl Send for Out {}
-    unsafe impl Sync for Out {}
-    impl Out {
-        fn get(self) -> *mut f32 {
-            self.0
-        }
-    }
     let plane = geo.ho * geo.wo;
-    let dst = Out(out);
+    let dst = SyncPtr(out);
     let one = |ch: usize| {
         let src = &tmp[ch * nq..(ch + 1) * nq];
         for y in 0..geo.ho {
@@ -756,7 +809,15 @@ mod tests {
             (1, 8, 12, 3, 1, 1, 1, 5, 70, true),
             (1, 4, 9, 3, 2, 1, 1, 7, 130, true),
             (1, 5, 16, 3, 1, 1, 1, 3, 32, true),
+            (2, 3, 5, 3, 1, 1, 1, 17, 64, true),
         ]);
+    }
+
+    #[test]
+    fn conv_on_one_thread() {
+        // The band split and the kernel's work split both depend on the thread count.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        pool.install(|| check(&[(1, 3, 8, 3, 2, 1, 1, 40, 70, true), (1, 16, 24, 1, 1, 0, 1, 9, 11, true)]));
     }
 
     #[test]

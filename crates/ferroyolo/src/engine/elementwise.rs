@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers;
 use super::simd;
 use super::tensor::Tensor;
 
@@ -80,7 +81,7 @@ pub fn concat_channels(parts: &[&Tensor]) -> Tensor {
     }
     let c_total: usize = parts.iter().map(|p| p.shape()[1]).sum();
     let hw = h * w;
-    let mut out = Vec::with_capacity(n * c_total * hw);
+    let mut out = buffers::take(n * c_total * hw);
     // Image-major: for each image, the parts' channel blocks one after another.
     for i in 0..n {
         for p in parts {
@@ -98,7 +99,7 @@ pub fn narrow_channels(x: &Tensor, start: usize, len: usize) -> Tensor {
     let [n, c, h, w] = x.shape();
     assert!(start + len <= c, "narrow_channels: {start}..{} outside {c} channels", start + len);
     let hw = h * w;
-    let mut out = Vec::with_capacity(n * len * hw);
+    let mut out = buffers::take(n * len * hw);
     for i in 0..n {
         let img = x.image(i);
         out.extend_from_slice(&img[start * hw..(start + len) * hw]);

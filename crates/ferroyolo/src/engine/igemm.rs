@@ -87,7 +87,7 @@ impl GemmArgs<'_> {
 // one `igemm` call, which the caller of that (unsafe) function vouches for.
 unsafe impl Sync for GemmArgs<'_> {}
 
-/// Runs the multiplication on the current rayon pool.
+/// Runs the multiplication on the current rayon pool (`parallel`) or on the calling thread.
 ///
 /// # Safety
 /// The CPU must support AVX-512F. For every `kk < k`, `y < rows` and `x < cols`,
@@ -95,7 +95,7 @@ unsafe impl Sync for GemmArgs<'_> {}
 /// writable, not aliased by B and not aliased by another `(i, y, x)`; `a` and `bias` must have the
 /// lengths documented on [`GemmArgs`].
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn igemm(g: &GemmArgs) {
+pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
     use rayon::prelude::*;
     assert!(g.a.len() >= g.m.div_ceil(MR) * g.k * MR && g.bias.len() >= g.m.div_ceil(MR) * MR);
     assert_eq!(g.b_off.len(), g.k);
@@ -104,7 +104,7 @@ pub(crate) unsafe fn igemm(g: &GemmArgs) {
     }
     let tiles = g.rows * g.tiles_per_row();
     let panels = g.m.div_ceil(MR);
-    let threads = rayon::current_num_threads();
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
     // Several chunks per thread so an uneven split (or a busy core) balances out; split C's rows as
     // well when there are too few column tiles (small maps, e.g. 20×20).
     let target = if threads == 1 { 1 } else { threads * 4 };
@@ -341,7 +341,7 @@ mod tests {
                     act,
                 };
                 // SAFETY: AVX-512F detected; b_off[kk] + span <= pool.len(); C's (i, y, x) lie in c.
-                unsafe { igemm(&g) };
+                unsafe { igemm(&g, true) };
                 let mut want = Vec::new();
                 let mut got = Vec::new();
                 let mut written = vec![false; c.len()];
@@ -409,7 +409,7 @@ mod bench {
                 for _ in 0..200 {
                     let t = std::time::Instant::now();
                     // SAFETY: AVX-512 checked by the caller's CPU (bench only); offsets in bounds.
-                    unsafe { igemm(&g) };
+                    unsafe { igemm(&g, true) };
                     best = best.min(t.elapsed().as_secs_f64());
                 }
             });

@@ -12,6 +12,7 @@
 //! detected at run time ([`Isa`]); `FERROYOLO_ISA=portable|avx2` forces a lower tier.
 
 mod attention;
+mod buffers;
 mod conv;
 mod elementwise;
 mod igemm;
@@ -23,6 +24,7 @@ mod tensor;
 mod testutil;
 
 pub use attention::attention;
+pub use buffers::release_buffers;
 pub use conv::{Activation, Conv2d};
 pub use elementwise::{add_assign, concat_channels, narrow_channels, sigmoid, silu, silu_inplace};
 pub use pool::{max_pool2d, upsample_nearest};

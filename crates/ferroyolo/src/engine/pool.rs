@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::buffers;
 use super::tensor::Tensor;
 
 /// Planes smaller than this are processed in groups so each rayon task has enough work.
@@ -20,7 +21,7 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> T
     assert!(h + 2 * padding >= kernel && w + 2 * padding >= kernel, "max_pool2d: input {h}x{w} smaller than the window");
     let ho = (h + 2 * padding - kernel) / stride + 1;
     let wo = (w + 2 * padding - kernel) / stride + 1;
-    let mut out = vec![0.0f32; n * c * ho * wo];
+    let mut out = buffers::zeros(n * c * ho * wo);
     let planes_per_task = (TASK_MIN / (h * w).max(1)).max(1);
     out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(
         |(out, inp)| {
@@ -80,7 +81,7 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> Tensor {
     assert!(scale > 0, "upsample_nearest: scale must be positive");
     let [n, c, h, w] = x.shape();
     let (ho, wo) = (h * scale, w * scale);
-    let mut out = vec![0.0f32; n * c * ho * wo];
+    let mut out = buffers::zeros(n * c * ho * wo);
     let planes_per_task = (TASK_MIN / (ho * wo).max(1)).max(1);
     out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(
         |(out, inp)| {

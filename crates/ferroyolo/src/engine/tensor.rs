@@ -1,10 +1,15 @@
 //! The engine's one tensor type: a dense, contiguous NCHW `f32` array.
 
+use super::buffers;
+
 /// A 4-D, NCHW-ordered, contiguous `f32` tensor.
 ///
 /// Every kernel in the engine reads and writes this layout, so there are no strides and no views:
 /// element `(n, c, h, w)` lives at `((n * C + c) * H + h) * W + w`.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Dropping a large tensor hands its buffer to the engine's pool for the next one (see
+/// [`release_buffers`](super::release_buffers)).
+#[derive(Debug, PartialEq)]
 pub struct Tensor {
     shape: [usize; 4],
     data: Vec<f32>,
@@ -23,7 +28,7 @@ impl Tensor {
 
     /// A tensor of `shape` filled with zeros.
     pub fn zeros(shape: [usize; 4]) -> Tensor {
-        Tensor { shape, data: vec![0.0; shape.iter().product()] }
+        Tensor { shape, data: buffers::zeros(shape.iter().product()) }
     }
 
     /// `[n, c, h, w]`.
@@ -46,8 +51,8 @@ impl Tensor {
 
     /// Gives up the tensor and returns its values (NCHW order).
     #[inline]
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
+    pub fn into_data(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
     }
 
     /// Number of elements (`n * c * h * w`).
@@ -70,6 +75,20 @@ impl Tensor {
         let [_, c, h, w] = self.shape;
         let len = c * h * w;
         &self.data[n * len..(n + 1) * len]
+    }
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Tensor {
+        let mut data = buffers::take(self.data.len());
+        data.extend_from_slice(&self.data);
+        Tensor { shape: self.shape, data }
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.data));
     }
 }
 
