@@ -86,10 +86,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
     };
     let items = resolve_source(&a.source)?;
     let total = items.len();
-    let save_dir = if a.save || a.save_txt { Some(increment_run_dir(&a.project, &a.name, a.exist_ok)?) } else { None };
-    if let (true, Some(d)) = (a.save_txt, &save_dir) {
-        std::fs::create_dir_all(d.join("labels")).with_context(|| format!("creating {}", d.join("labels").display()))?;
-    }
+    // The run folder is made when the first result is saved, so a run that reads nothing
+    // leaves nothing behind.
+    let mut save_dir: Option<PathBuf> = None;
     // Log lines go to stderr when stdout carries the JSON document.
     let mut log: Box<dyn Write> = if json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     let (mut detected, mut failed, mut done) = (0usize, 0usize, 0usize);
@@ -122,7 +121,15 @@ pub fn run(a: PredictArgs) -> Result<()> {
             res.summary(),
             res.speed.inference_ms
         )?;
-        if let Some(dir) = &save_dir {
+        if a.save || a.save_txt {
+            if save_dir.is_none() {
+                let d = increment_run_dir(&a.project, &a.name, a.exist_ok)?;
+                if a.save_txt {
+                    std::fs::create_dir_all(d.join("labels")).with_context(|| format!("creating {}", d.join("labels").display()))?;
+                }
+                save_dir = Some(d);
+            }
+            let dir = save_dir.as_ref().expect("just set");
             let stem = std::path::Path::new(&item.name()).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("image{i}"));
             if a.save {
                 let labels: Vec<String> = res.boxes.iter().map(|d| format!("{} {:.2}", res.name(d), d.confidence)).collect();
@@ -141,7 +148,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
             documents.push(res.to_json());
         }
     }
-    if done > 0 {
+    if done == 0 {
+        anyhow::bail!("no image of '{}' could be read", a.source);
+    }
+    {
         let n = done as f64;
         writeln!(
             log,
@@ -163,9 +173,6 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::Value::Array(documents))?);
-    }
-    if done == 0 {
-        anyhow::bail!("no image of '{}' could be read", a.source);
     }
     Ok(())
 }
