@@ -13,6 +13,7 @@ pub mod engine;
 pub mod model;
 pub mod output;
 pub mod predict;
+pub mod val;
 pub mod weights;
 
 #[doc(hidden)]

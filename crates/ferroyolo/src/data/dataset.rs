@@ -587,7 +587,13 @@ pub fn scan_images(files: &[PathBuf], names: &[String], split: &str) -> Result<L
             let label_file = label_path(image);
             let shape = match image_shape(image) {
                 Ok(s) => s,
-                Err(e) => return Outcome::Bad(DatasetIssue { file: image.clone(), line: None, message: format!("{e:#}") }),
+                Err(e) => {
+                    // Decoder errors start with the path, which the issue prints anyway.
+                    let msg = format!("{e:#}");
+                    let prefix = format!("{}: ", image.display());
+                    let message = msg.strip_prefix(&prefix).unwrap_or(&msg).to_string();
+                    return Outcome::Bad(DatasetIssue { file: image.clone(), line: None, message });
+                }
             };
             let (parsed, state) = match std::fs::read(&label_file) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ParsedLabels::default(), LabelState::Missing),
