@@ -4,6 +4,7 @@
 mod args;
 mod info;
 mod predict;
+mod val;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Convert a model to another format (safetensors).
     Export(info::ExportArgs),
+    /// Score a model on a labelled dataset split (precision, recall, mAP50, mAP50-95).
+    Val(val::ValArgs),
 }
 
 fn main() {
@@ -31,6 +34,7 @@ fn main() {
         Command::Predict(a) => predict::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
+        Command::Val(a) => val::run(a),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

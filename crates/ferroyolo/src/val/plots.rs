@@ -189,8 +189,13 @@ struct Series<'a> {
 /// A unit-square line plot (x and y in 0..1) with title, axis labels, ticks and a legend at the
 /// right, as the reference's 9x6-inch figures.
 fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, x: &[f64], series: &[Series]) -> Result<()> {
-    let (w, h) = (1350u32, 900u32);
     let (left, top, side) = (110i64, 70i64, 740i64);
+    // The legend sits right of the axes; the figure widens to hold long class names.
+    let entries: Vec<&Series> = series.iter().filter(|s| s.label.is_some()).collect();
+    let text_w = entries.iter().map(|s| text_width(s.label.as_deref().unwrap_or(""), 2)).max().unwrap_or(0);
+    let (lx, ly, row) = (left + side + 30, top, 30i64);
+    let (bw, bh) = (text_w + 90, entries.len() as i64 * row + 16);
+    let (w, h) = ((lx + bw + 20).max(1350) as u32, 900u32);
     let mut c = Canvas::new(w, h);
     let to_px = |xv: f64, yv: f64| (left as f64 + xv * side as f64, top as f64 + (1.0 - yv) * side as f64);
     // Light grid at the ticks, then the curves, then the frame on top.
@@ -228,12 +233,7 @@ fn line_plot(path: &Path, title: &str, xlabel: &str, ylabel: &str, x: &[f64], se
     c.text(left + side / 2 - text_width(xlabel, 2) / 2, top + side + 48, xlabel, 2, BLACK);
     c.text_up(24, top + side / 2 - text_width(ylabel, 2) / 2, ylabel, 2, BLACK);
 
-    // Legend box.
-    let entries: Vec<&Series> = series.iter().filter(|s| s.label.is_some()).collect();
     if !entries.is_empty() {
-        let (lx, ly, row) = (left + side + 30, top, 30i64);
-        let text_w = entries.iter().map(|s| text_width(s.label.as_deref().unwrap_or(""), 2)).max().unwrap_or(0);
-        let (bw, bh) = (text_w + 90, entries.len() as i64 * row + 16);
         c.fill_rect(lx, ly, lx + bw, ly + bh, Rgb([200, 200, 200]));
         c.fill_rect(lx + 1, ly + 1, lx + bw - 1, ly + bh - 1, WHITE);
         for (k, s) in entries.iter().enumerate() {
