@@ -73,7 +73,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             }
         }
         let zeros = pad_bias(&vec![0.0; n.max(hd)]);
-        let q_off: Vec<usize> = (0..kd).map(|d| d * n).collect();
+        let q_rows: Vec<*const f32> = q.chunks(n).map(|r| r.as_ptr()).collect();
         let s_args = GemmArgs {
             m: n,
             k: kd,
@@ -83,8 +83,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             c_rs: 0,
             a: &a,
             bias: &zeros,
-            b: q.as_ptr(),
-            b_off: &q_off,
+            b_rows: &q_rows,
             c: st.as_mut_ptr(),
             ldc: n,
             act: Activation::Identity,
@@ -94,7 +93,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
         unsafe { igemm(&s_args, true) };
         softmax_columns(st, n, isa);
         let v_packed = pack_a(v, hd, n, n);
-        let p_off: Vec<usize> = (0..n).map(|j| j * n).collect();
+        let p_rows: Vec<*const f32> = st.chunks(n).map(|r| r.as_ptr()).collect();
         let o_args = GemmArgs {
             m: hd,
             k: n,
@@ -104,8 +103,7 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             c_rs: 0,
             a: &v_packed,
             bias: &zeros,
-            b: st.as_ptr(),
-            b_off: &p_off,
+            b_rows: &p_rows,
             c: out.as_mut_ptr(),
             ldc: n,
             act: Activation::Identity,

@@ -75,6 +75,61 @@ struct Geometry {
     wq: usize,
 }
 
+/// The input of one convolution call: `n` images of `channels` planes (`h × w` each), taken from one
+/// tensor or from channel ranges of several (a concatenation that is never built).
+pub(crate) struct Input<'a> {
+    n: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    /// (tensor, first channel, channel count), in order.
+    parts: Vec<(&'a Tensor, usize, usize)>,
+    /// `n × channels` planes, image-major.
+    planes: Vec<&'a [f32]>,
+}
+
+impl<'a> Input<'a> {
+    /// # Panics
+    /// If there are no parts, they disagree in n, h or w, or a range is outside its tensor.
+    pub(crate) fn new(parts: &[(&'a Tensor, std::ops::Range<usize>)]) -> Input<'a> {
+        assert!(!parts.is_empty(), "Conv2d::forward_parts: no input");
+        let [n, _, h, w] = parts[0].0.shape();
+        for (t, r) in parts {
+            let [tn, tc, th, tw] = t.shape();
+            assert_eq!((tn, th, tw), (n, h, w), "Conv2d::forward_parts: parts differ in n, h or w");
+            assert!(r.start <= r.end && r.end <= tc, "Conv2d::forward_parts: channels {r:?} outside 0..{tc}");
+        }
+        let parts: Vec<_> = parts.iter().map(|(t, r)| (*t, r.start, r.len())).collect();
+        let channels = parts.iter().map(|p| p.2).sum();
+        let mut planes = Vec::with_capacity(n * channels);
+        for img in 0..n {
+            for &(t, start, len) in &parts {
+                planes.extend((start..start + len).map(|c| t.plane(img, c)));
+            }
+        }
+        Input { n, channels, h, w, parts, planes }
+    }
+
+    /// The planes of image `img`, one per input channel.
+    fn image(&self, img: usize) -> &[&'a [f32]] {
+        &self.planes[img * self.channels..(img + 1) * self.channels]
+    }
+
+    /// Channels `range` of image `img` as one slice, when they are consecutive channels of one tensor.
+    fn contiguous(&self, img: usize, range: std::ops::Range<usize>) -> Option<&'a [f32]> {
+        let hw = self.h * self.w;
+        let mut base = 0;
+        for &(t, start, len) in &self.parts {
+            if range.start >= base && range.end <= base + len {
+                let first = start + range.start - base;
+                return Some(&t.image(img)[first * hw..(first + range.len()) * hw]);
+            }
+            base += len;
+        }
+        None
+    }
+}
+
 impl Conv2d {
     /// A convolution from PyTorch-layout weights `[out, in/groups, kernel, kernel]` and an optional bias
     /// (`None` means zeros).
@@ -179,20 +234,31 @@ impl Conv2d {
     /// # Panics
     /// If `x` does not have `in_channels` channels, or is smaller than the kernel after padding.
     pub fn forward(&self, x: &Tensor, act: Activation) -> Tensor {
-        self.forward_isa(x, act, simd::isa())
+        self.forward_isa(&Input::new(&[(x, 0..x.shape()[1])]), act, simd::isa())
     }
 
-    /// [`forward`](Self::forward) on an explicit ISA tier (tests compare tiers; `isa` must not exceed
-    /// what the CPU supports).
-    pub(crate) fn forward_isa(&self, x: &Tensor, act: Activation, isa: Isa) -> Tensor {
-        let [n, c, h, w] = x.shape();
+    /// Convolves the channel concatenation of `parts` without building it: each part is a channel
+    /// range of a tensor, and the ranges, in order, make up the `in_channels` input channels. So
+    /// `conv.forward_parts(&[(&a, 0..a_c), (&y, c..2 * c)], act)` equals
+    /// `conv.forward(&concat_channels(&[&a, &narrow_channels(&y, c, c)]), act)`, minus two copies.
+    ///
+    /// # Panics
+    /// If the parts disagree in batch size or spatial size, a range is outside its tensor, or the
+    /// channels do not add up to `in_channels`.
+    pub fn forward_parts(&self, parts: &[(&Tensor, std::ops::Range<usize>)], act: Activation) -> Tensor {
+        self.forward_isa(&Input::new(parts), act, simd::isa())
+    }
+
+    /// The forward pass on an explicit ISA tier (tests compare tiers; `isa` must not exceed what the
+    /// CPU supports).
+    pub(crate) fn forward_isa(&self, x: &Input, act: Activation, isa: Isa) -> Tensor {
         assert_eq!(
-            c, self.in_channels,
-            "Conv2d::forward: input has {c} channels, the layer expects {}",
-            self.in_channels
+            x.channels, self.in_channels,
+            "Conv2d::forward: input has {} channels, the layer expects {}",
+            x.channels, self.in_channels
         );
-        let geo = self.geometry(h, w);
-        let shape = [n, self.out_channels, geo.ho, geo.wo];
+        let geo = self.geometry(x.h, x.w);
+        let shape = [x.n, self.out_channels, geo.ho, geo.wo];
         let depthwise = self.in_channels == self.groups && self.out_channels == self.groups;
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 && !depthwise {
@@ -207,25 +273,17 @@ impl Conv2d {
         Tensor::new(shape, out)
     }
 
-    /// Offsets, into one group's phase-layout input, of the row of B for each tap `(ci, ky, kx)` in
-    /// PyTorch weight order.
+    /// Offset of each tap `(ky, kx)` (row-major) into one channel's phase layout: where the run of
+    /// inputs it multiplies, for output row 0 of the layout, starts.
     fn tap_offsets(&self, geo: Geometry) -> Vec<usize> {
         let (k, s) = (self.kernel, self.stride);
         let phase = geo.hq * geo.wq;
-        let mut off = Vec::with_capacity(self.in_channels / self.groups * k * k);
-        for ci in 0..self.in_channels / self.groups {
-            for ky in 0..k {
-                for kx in 0..k {
-                    off.push((ci * s * s + (ky % s) * s + kx % s) * phase + (ky / s) * geo.wq + kx / s);
-                }
-            }
-        }
-        off
+        (0..k * k).map(|t| (t / k % s * s + t % k % s) * phase + (t / k / s) * geo.wq + t % k / s).collect()
     }
 
     /// AVX-512 path; returns the output values (NCHW).
     #[cfg(target_arch = "x86_64")]
-    fn forward_igemm(&self, x: &Tensor, act: Activation, geo: Geometry) -> Vec<f32> {
+    fn forward_igemm(&self, x: &Input, act: Activation, geo: Geometry) -> Vec<f32> {
         use super::igemm::{igemm, pack_a, pad_bias, GemmArgs};
 
         let (cin_g, cout_g) = (self.in_channels / self.groups, self.out_channels / self.groups);
@@ -249,22 +307,35 @@ impl Conv2d {
         let compact = geo.wq != geo.wo && geo.wo % 16 != 0 && geo.wo < 64;
         let row_mode = geo.wq != geo.wo && !compact;
         let plane = geo.ho * geo.wo;
-        let total = x.shape()[0] * self.out_channels * plane;
+        let total = x.n * self.out_channels * plane;
         let mut out = buffers::take(total);
         let out_ptr = SyncPtr(out.as_mut_ptr());
-        let gemm = |input: &[f32], group_len: usize, b_off: &[usize], out_img: *mut f32, rows: std::ops::Range<usize>, tmp: &mut [f32], parallel: bool| {
-            let max_off = b_off.iter().max().map_or(0, |&m| m);
+        // Runs every group over output rows `rows` of one image. `chans[ci]` is input channel ci's
+        // layout (its phases, or for a direct convolution its plane), with row 0 at `rows.start`;
+        // `taps` are the offsets into it (`tap_offsets`).
+        let gemm = |chans: &[&[f32]],
+                    taps: &[usize],
+                    out_img: *mut f32,
+                    rows: std::ops::Range<usize>,
+                    tmp: &mut [f32],
+                    parallel: bool| {
+            // Flat grid length for these rows (the last row stops at Wo).
+            let nq = (rows.len() - 1) * geo.wq + geo.wo;
+            let grid = if row_mode { (rows.len(), geo.wo, geo.wq, geo.wo) } else { (1, nq, 0, 0) };
+            // The furthest element of a channel's layout the grid reads (the same bound in all modes).
+            let reach = taps.iter().max().map_or(0, |&m| m) + (grid.0 - 1) * grid.2 + grid.1;
+            assert!(chans.iter().all(|c| c.len() >= reach), "phase layout too small");
+            assert!(!compact || tmp.len() >= cout_g * nq);
+            let mut b_rows = Vec::with_capacity(kk);
             for g in 0..self.groups {
-                // SAFETY (pointer arithmetic): inside the image's `out_channels · plane` outputs.
-                let out_g = unsafe { out_img.add(g * cout_g * plane) };
-                let (c, ldc, grid) = if compact {
-                    (tmp.as_mut_ptr(), nq, (1, nq, 0, 0))
-                } else if row_mode {
-                    // SAFETY (pointer arithmetic): row `rows.start` of this group's planes.
-                    (unsafe { out_g.add(rows.start * geo.wo) }, plane, (rows.len(), geo.wo, geo.wq, geo.wo))
-                } else {
-                    (out_g, plane, (1, nq, 0, 0))
-                };
+                b_rows.clear();
+                for chan in &chans[g * cin_g..(g + 1) * cin_g] {
+                    b_rows.extend(taps.iter().map(|&t| chan[t..].as_ptr()));
+                }
+                // SAFETY (pointer arithmetic): row `rows.start` of this group's planes, inside the
+                // image's `out_channels · plane` outputs.
+                let out_g = unsafe { out_img.add(g * cout_g * plane + rows.start * geo.wo) };
+                let (c, ldc) = if compact { (tmp.as_mut_ptr(), nq) } else { (out_g, plane) };
                 let args = GemmArgs {
                     m: cout_g,
                     k: kk,
@@ -274,48 +345,52 @@ impl Conv2d {
                     c_rs: grid.3,
                     a: &packed.a[g],
                     bias: &packed.bias[g],
-                    b: input[g * group_len..].as_ptr(),
-                    b_off,
+                    b_rows: &b_rows,
                     c,
                     ldc,
                     act,
                 };
-                // The furthest B element the grid reads (the same bound in all three modes).
-                let reach = max_off + (grid.0 - 1) * grid.2 + grid.1;
-                assert!(reach <= group_len && (g + 1) * group_len <= input.len(), "phase layout too small");
-                // SAFETY: the tier is AVX-512 only when the CPU has it. B: every element read lies within
-                // this group's `group_len` input values (asserted above). C: `cout_g` rows of `ldc`
-                // holding the grid at row stride `c_rs`: all of `tmp` (cout_g·nq) when compacting, else
-                // this group's output rows `rows` (inside the allocation, written by no other task);
-                // neither aliases the input.
+                // SAFETY: the tier is AVX-512 only when the CPU has it. B: every row pointer is
+                // `chan + taps[t]` and the grid reads at most `reach` elements from `chan`, which is in
+                // bounds (asserted above). C: `cout_g` rows of `ldc` holding the grid at row stride
+                // `c_rs`: the first cout_g·nq values of `tmp` when compacting, else this group's
+                // output rows `rows` (inside the allocation, written by no other task); neither
+                // aliases the input.
                 unsafe { igemm(&args, parallel) };
                 if compact {
-                    // SAFETY: writes this group's cout_g·ho·wo outputs, inside the allocation.
-                    unsafe { compact_rows(tmp, out_g, cout_g, geo, nq) };
+                    // SAFETY: writes rows `rows` of this group's cout_g planes, inside the allocation
+                    // and written by no other task.
+                    unsafe { compact_rows(tmp, out_g, cout_g, rows.len(), geo, nq) };
                 }
             }
         };
-        for img in 0..x.shape()[0] {
+        let threads = rayon::current_num_threads();
+        let extra = (self.kernel - 1) / s;
+        let per_channel = s * s * geo.hq * geo.wq;
+        let whole_len = self.in_channels * per_channel;
+        // A phase layout bigger than L2 (e.g. 6.6 MB for a 64-channel 160×160 input at stride 2) is
+        // built in bands of output rows instead, each band's phases small enough to stay in L2 while
+        // the kernel reads them, and the bands run in parallel. Small maps keep one layout (a band of
+        // a few 20-wide rows would mostly be partial tiles).
+        let banded = !direct && geo.wq != geo.wo && whole_len * 4 > (1 << 20);
+        for img in 0..x.n {
             let src = x.image(img);
             // SAFETY (pointer arithmetic): image `img`'s outputs, inside the allocation.
             let out_img = unsafe { out_ptr.get().add(img * self.out_channels * plane) };
-            if row_mode && !direct {
-                // Wide maps that need a phase layout: build it in bands of output rows, each band's
-                // phases sized to stay in L2 while the kernel reads them (the whole layout of e.g. a
-                // 64-channel 160×160 input is 6.6 MB), and let bands run in parallel.
-                let threads = rayon::current_num_threads();
-                let extra = (self.kernel - 1) / s;
+            if banded {
                 let row_bytes = self.in_channels * s * s * geo.wq * 4;
                 let band = ((512 << 10) / row_bytes).saturating_sub(extra).clamp(1, geo.ho.div_ceil(4 * threads));
                 let band_geo = Geometry { hq: band + extra, ..geo };
-                let group_len = cin_g * s * s * band_geo.hq * geo.wq;
-                let b_off = self.tap_offsets(band_geo);
+                let per_channel = s * s * band_geo.hq * geo.wq;
+                let taps = self.tap_offsets(band_geo);
+                let tmp_len = if compact { cout_g * ((band - 1) * geo.wq + geo.wo) } else { 0 };
                 let out_img = SyncPtr(out_img);
                 let work = |i: usize| {
                     let rows = i * band..((i + 1) * band).min(geo.ho);
-                    with_scratch(self.groups * group_len, |phases| {
-                        build_phases(src, self.in_channels, band_geo, s, p, rows.start, phases, Isa::Avx512, false);
-                        gemm(phases, group_len, &b_off, out_img.get(), rows, &mut [], false);
+                    with_scratch(self.in_channels * per_channel, |phases| {
+                        build_phases(src, band_geo, s, p, rows.start, phases, Isa::Avx512, false);
+                        let chans: Vec<&[f32]> = phases.chunks(per_channel).collect();
+                        with_scratch(tmp_len, |tmp| gemm(&chans, &taps, out_img.get(), rows, tmp, false));
                     });
                 };
                 if threads > 1 {
@@ -325,17 +400,16 @@ impl Conv2d {
                 }
                 continue;
             }
-            let group_len = cin_g * s * s * geo.hq * geo.wq;
-            let b_off = self.tap_offsets(geo);
-            with_scratch(if direct { 0 } else { self.groups * group_len }, |phases| {
-                let input: &[f32] = if direct {
-                    src
+            let taps = self.tap_offsets(geo);
+            with_scratch(if direct { 0 } else { whole_len }, |phases| {
+                let chans: Vec<&[f32]> = if direct {
+                    src.to_vec()
                 } else {
-                    build_phases(src, self.in_channels, geo, s, p, 0, phases, Isa::Avx512, true);
-                    phases
+                    build_phases(src, geo, s, p, 0, phases, Isa::Avx512, true);
+                    phases.chunks(per_channel).collect()
                 };
                 with_scratch(if compact { cout_g * nq } else { 0 }, |tmp| {
-                    gemm(input, group_len, &b_off, out_img, 0..geo.ho, tmp, true);
+                    gemm(&chans, &taps, out_img, 0..geo.ho, tmp, true);
                 });
             });
         }
@@ -346,7 +420,7 @@ impl Conv2d {
     }
 
     /// Portable path: im2col + `gemm` + bias/activation pass.
-    fn forward_im2col(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
+    fn forward_im2col(&self, x: &Input, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
         let (cin_g, cout_g) = (self.in_channels / self.groups, self.out_channels / self.groups);
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let kk = cin_g * k * k;
@@ -355,15 +429,17 @@ impl Conv2d {
         let threads = rayon::current_num_threads();
         let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         for (img, out) in out.chunks_mut(self.out_channels * npix).enumerate() {
-            let src = x.image(img);
             for (g, out) in out.chunks_mut(cout_g * npix).enumerate() {
-                let src = &src[g * cin_g * geo.h * geo.w..(g + 1) * cin_g * geo.h * geo.w];
-                with_scratch(if direct { 0 } else { kk * npix }, |col| {
-                    let b: &[f32] = if direct {
-                        src
-                    } else {
-                        im2col(src, cin_g, geo, k, s, p, col);
-                        col
+                // A 1×1 stride-1 convolution multiplies the input planes directly when they are
+                // consecutive channels of one tensor; anything else goes through im2col.
+                let whole = x.contiguous(img, g * cin_g..(g + 1) * cin_g).filter(|_| direct);
+                with_scratch(if whole.is_some() { 0 } else { kk * npix }, |col| {
+                    let b: &[f32] = match whole {
+                        Some(src) => src,
+                        None => {
+                            im2col(&x.image(img)[g * cin_g..(g + 1) * cin_g], geo, k, s, p, col);
+                            col
+                        }
                     };
                     let w = &self.weight[g * cout_g * kk..(g + 1) * cout_g * kk];
                     // SAFETY: dst is cout_g × npix (row stride npix), lhs cout_g × kk (row stride kk),
@@ -405,26 +481,25 @@ impl Conv2d {
 
     /// Depthwise: one task per (image, channel); each builds the channel's padded phases and sums the
     /// k² shifted rows straight into the output.
-    fn forward_depthwise(&self, x: &Tensor, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
+    fn forward_depthwise(&self, x: &Input, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let c = self.in_channels;
-        let plane_in = geo.h * geo.w;
         let plane_out = geo.ho * geo.wo;
         // Offset of each tap's run for output row 0 (row y adds y·Wq), as in `tap_offsets`.
         let taps = self.tap_offsets(geo);
         let silu = act == Activation::Silu;
-        let work = |(i, (out, src)): (usize, (&mut [f32], &[f32]))| {
+        let work = |(i, out): (usize, &mut [f32])| {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
-                build_phases(src, 1, geo, s, p, 0, phases, isa, false);
+                build_phases(&x.image(i / c)[ch..ch + 1], geo, s, p, 0, phases, isa, false);
                 depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
         if out.len() >= 1 << 14 {
-            out.par_chunks_mut(plane_out).zip(x.data().par_chunks(plane_in)).enumerate().for_each(work);
+            out.par_chunks_mut(plane_out).enumerate().for_each(work);
         } else {
-            out.chunks_mut(plane_out).zip(x.data().chunks(plane_in)).enumerate().for_each(work);
+            out.chunks_mut(plane_out).enumerate().for_each(work);
         }
     }
 }
@@ -460,14 +535,13 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// Writes `channels` planes of `src` (`h × w` each) into the phase layout of `geo`, starting at phase
-/// row `i0` (a band of `geo.hq` rows):
-/// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = src[ci][(i0 + i)·s + a - p][j·s + b - p]`, zero outside
-/// the input. `parallel` splits the channels over the rayon pool.
+/// Writes the input `planes` (`h × w` each) into the phase layout of `geo`, starting at phase row `i0`
+/// (a band of `geo.hq` rows):
+/// `dst[((ci·s + a)·s + b)·hq·wq + i·wq + j] = planes[ci][(i0 + i)·s + a - p][j·s + b - p]`, zero
+/// outside the input. `parallel` splits the channels over the rayon pool.
 #[allow(clippy::too_many_arguments)]
 fn build_phases(
-    src: &[f32],
-    channels: usize,
+    planes: &[&[f32]],
     geo: Geometry,
     s: usize,
     p: usize,
@@ -478,7 +552,7 @@ fn build_phases(
 ) {
     let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
     let per_channel = s * s * hq * wq;
-    let one = |(dst, src): (&mut [f32], &[f32])| {
+    let one = |(dst, src): (&mut [f32], &&[f32])| {
         for (ph, phase) in dst.chunks_mut(hq * wq).enumerate() {
             let (a, b) = (ph / s, ph % s);
             // Columns j with 0 <= j·s + b - p < w.
@@ -506,11 +580,11 @@ fn build_phases(
             }
         }
     };
-    let dst = &mut dst[..channels * per_channel];
-    if parallel && channels > 1 && dst.len() >= 1 << 16 {
-        dst.par_chunks_mut(per_channel).zip(src.par_chunks(h * w)).for_each(one);
+    let dst = &mut dst[..planes.len() * per_channel];
+    if parallel && planes.len() > 1 && dst.len() >= 1 << 16 {
+        dst.par_chunks_mut(per_channel).zip(planes.par_iter()).for_each(one);
     } else {
-        dst.chunks_mut(per_channel).zip(src.chunks(h * w)).for_each(one);
+        dst.chunks_mut(per_channel).zip(planes).for_each(one);
     }
 }
 
@@ -555,35 +629,36 @@ unsafe fn gather_stride2_avx512(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Copies the valid `Wo` columns of each `Wq`-wide output row from `tmp` (`channels` rows of `nq`)
-/// to the `channels · ho · wo` NCHW outputs at `out`.
+/// Copies the valid `Wo` columns of `rows` consecutive `Wq`-wide output rows from `tmp` (`channels`
+/// runs of `nq`) to the NCHW outputs at `out` (the first of those rows in channel 0's plane).
 ///
 /// # Safety
-/// `out` must be valid for writing `channels · ho · wo` floats and not overlap `tmp`.
-unsafe fn compact_rows(tmp: &[f32], out: *mut f32, channels: usize, geo: Geometry, nq: usize) {
+/// For each channel `ch < channels`, `out + ch·ho·wo .. + rows·wo` must be valid for writes and not
+/// overlap `tmp`.
+unsafe fn compact_rows(tmp: &[f32], out: *mut f32, channels: usize, rows: usize, geo: Geometry, nq: usize) {
     let plane = geo.ho * geo.wo;
     let dst = SyncPtr(out);
     let one = |ch: usize| {
         let src = &tmp[ch * nq..(ch + 1) * nq];
-        for y in 0..geo.ho {
+        for y in 0..rows {
             let row = &src[y * geo.wq..y * geo.wq + geo.wo];
-            // SAFETY: row y of plane ch is inside the caller's `channels · ho · wo` floats.
+            // SAFETY: row y of the run in channel ch's plane, inside the caller's region.
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add(ch * plane + y * geo.wo), geo.wo) };
         }
     };
-    if channels * plane >= 1 << 16 {
+    if channels * rows * geo.wo >= 1 << 16 {
         (0..channels).into_par_iter().for_each(one);
     } else {
         (0..channels).for_each(one);
     }
 }
 
-/// `col[(ci·k + ky)·k + kx][yo·wo + xo] = src[ci][yo·s + ky - p][xo·s + kx - p]` (zero outside).
-fn im2col(src: &[f32], channels: usize, geo: Geometry, k: usize, s: usize, p: usize, col: &mut [f32]) {
+/// `col[(ci·k + ky)·k + kx][yo·wo + xo] = planes[ci][yo·s + ky - p][xo·s + kx - p]` (zero outside).
+fn im2col(planes: &[&[f32]], geo: Geometry, k: usize, s: usize, p: usize, col: &mut [f32]) {
     let npix = geo.ho * geo.wo;
-    for (t, dst) in col.chunks_mut(npix).enumerate().take(channels * k * k) {
+    for (t, dst) in col.chunks_mut(npix).enumerate().take(planes.len() * k * k) {
         let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
-        let plane = &src[ci * geo.h * geo.w..(ci + 1) * geo.h * geo.w];
+        let plane = planes[ci];
         for (yo, row) in dst.chunks_mut(geo.wo).enumerate() {
             let y = (yo * s + ky).wrapping_sub(p);
             if y >= geo.h {
@@ -774,7 +849,7 @@ mod tests {
             for act in [Activation::Identity, Activation::Silu] {
                 let want = naive_conv(&x, &conv, act);
                 for isa in tiers() {
-                    let y = conv.forward_isa(&x, act, isa);
+                    let y = conv.forward_isa(&Input::new(&[(&x, 0..cin)]), act, isa);
                     assert_eq!(y.shape(), [n, cout, ho, wo]);
                     let what = format!("{isa:?} n{n} {cin}->{cout} k{k} s{s} p{p} g{g} {h}x{w} bias {with_bias} {act:?}");
                     assert_close(y.data(), &want, 1e-5, &what);
@@ -810,6 +885,9 @@ mod tests {
             (1, 4, 9, 3, 2, 1, 1, 7, 130, true),
             (1, 5, 16, 3, 1, 1, 1, 3, 32, true),
             (2, 3, 5, 3, 1, 1, 1, 17, 64, true),
+            // Phase layouts over 1 MiB, built in bands, with narrow (compacted) rows.
+            (1, 96, 5, 3, 1, 1, 1, 62, 42, true),
+            (1, 64, 4, 3, 2, 1, 1, 81, 81, true),
         ]);
     }
 
@@ -863,6 +941,37 @@ mod tests {
             (2, 8, 8, 1, 1, 0, 4, 6, 7, false),
             (1, 4, 8, 3, 2, 1, 4, 9, 9, true),
         ]);
+    }
+
+    /// `forward_parts` on channel ranges of several tensors equals `forward` on their concatenation.
+    #[test]
+    fn conv_parts_equal_concatenation() {
+        use crate::engine::{concat_channels, narrow_channels};
+        let mut rng = Rng::new(77);
+        // (batch, k, s, groups, h, w)
+        for &(n, k, s, g, h, w) in &[(1, 1, 1, 1, 9, 13), (2, 3, 1, 1, 8, 70), (1, 3, 2, 1, 11, 9), (1, 3, 1, 12, 6, 5), (1, 1, 1, 2, 4, 4)] {
+            let a = rng.tensor([n, 5, h, w]);
+            let b = rng.tensor([n, 11, h, w]);
+            let (cin, cout) = (12, if g == 12 { 12 } else { 10 });
+            let conv = Conv2d::new(cin, cout, k, s, k / 2, g, rng.vec(cout * cin / g * k * k), Some(rng.vec(cout))).unwrap();
+            // Channels 1..5 of a, then 2..10 of b.
+            let cat = concat_channels(&[&narrow_channels(&a, 1, 4), &narrow_channels(&b, 2, 8)]);
+            for isa in tiers() {
+                let want = conv.forward_isa(&Input::new(&[(&cat, 0..cin)]), Activation::Silu, isa);
+                let got = conv.forward_isa(&Input::new(&[(&a, 1..5), (&b, 2..10)]), Activation::Silu, isa);
+                assert_eq!(got, want, "{isa:?} n{n} k{k} s{s} g{g} {h}x{w}");
+            }
+        }
+        let x = rng.tensor([1, 3, 4, 4]);
+        let c = Conv2d::new(3, 2, 1, 1, 0, 1, rng.vec(6), None).unwrap();
+        assert_eq!(c.forward_parts(&[(&x, 0..3)], Activation::Identity), c.forward(&x, Activation::Identity));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside 0..3")]
+    fn conv_parts_reject_bad_range() {
+        let c = Conv2d::new(2, 2, 1, 1, 0, 1, vec![0.0; 4], None).unwrap();
+        c.forward_parts(&[(&Tensor::zeros([1, 3, 2, 2]), 2..4)], Activation::Identity);
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The engine's own AVX-512 matrix-multiply kernel, shaped for NCHW convolution ("implicit GEMM").
 //!
 //! It computes `C[m][n] = act(bias[m] + Σ_k A[m][k] · B_k[n])` where each row `B_k` of the right-hand
-//! matrix is given by its own offset into one buffer (`b + b_off[k]`) and only has to be contiguous
-//! along `n`. That one freedom covers every convolution the network has without an im2col copy:
+//! matrix is given by its own pointer (`b_rows[k]`) and only has to be contiguous along `n`. That one
+//! freedom covers every convolution the network has without an im2col copy:
 //!
-//! * 1×1, stride 1: `B_k` is input channel `k` (offset `k·H·W`), `n` runs over pixels;
+//! * 1×1, stride 1: `B_k` is input channel `k`, `n` runs over pixels; the channels may come from
+//!   several tensors (a channel concatenation that is never materialised);
 //! * k×k: `B_k` for tap `(ci, ky, kx)` is the zero-padded (and, for stride s, phase-split) input plane
 //!   shifted by `ky·Wq + kx`, with `n` running over a grid `Wq` wide (see `conv.rs`);
 //! * attention: `A = Kᵀ` (packed), `B = Q`, and `A = V`, `B = Pᵀ`.
 //!
-//! Unlike a general GEMM it never packs B (its rows are already contiguous), so the only copy is the
-//! one-off packing of A (the weights) into 8-row panels. The micro-kernel keeps an 8 × 48 tile of C in
+//! `n` may also be a 2-D grid with different row strides in B and C (see [`GemmArgs`]). Unlike a
+//! general GEMM it never packs B (its rows are already contiguous), so the only copy is the one-off
+//! packing of A (the weights) into 8-row panels. The micro-kernel keeps an 8 × 48 tile of C in
 //! 24 zmm registers; per k it loads 3 vectors of `B_k` and issues 8 broadcast-FMAs each, which is
 //! FMA-bound rather than load-bound. Bias and SiLU are applied while the tile is still in registers.
 
@@ -66,10 +68,10 @@ pub(crate) struct GemmArgs<'a> {
     pub a: &'a [f32],
     /// `pad_bias` output (length ≥ m rounded up to MR).
     pub bias: &'a [f32],
-    /// Base of the right-hand rows.
-    pub b: *const f32,
-    /// Element (y, x) of row `kk` of B is at `b + b_off[kk] + y*b_rs + x`; `b_off.len() == k`.
-    pub b_off: &'a [usize],
+    /// Element (y, x) of row `kk` of B is at `b_rows[kk] + y*b_rs + x`; `b_rows.len() == k`. A table
+    /// of row pointers lets B's rows come from anywhere: shifted runs of one padded input for a k×k
+    /// convolution, or channels of several tensors for a 1×1 convolution over a channel concatenation.
+    pub b_rows: &'a [*const f32],
     /// Element (y, x) of row `i` of C is at `c + i*ldc + y*c_rs + x`.
     pub c: *mut f32,
     pub ldc: usize,
@@ -91,14 +93,14 @@ unsafe impl Sync for GemmArgs<'_> {}
 ///
 /// # Safety
 /// The CPU must support AVX-512F. For every `kk < k`, `y < rows` and `x < cols`,
-/// `b + b_off[kk] + y*b_rs + x` must be readable, and for every `i < m`, `c + i*ldc + y*c_rs + x`
+/// `b_rows[kk] + y*b_rs + x` must be readable, and for every `i < m`, `c + i*ldc + y*c_rs + x`
 /// writable, not aliased by B and not aliased by another `(i, y, x)`; `a` and `bias` must have the
 /// lengths documented on [`GemmArgs`].
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
     use rayon::prelude::*;
     assert!(g.a.len() >= g.m.div_ceil(MR) * g.k * MR && g.bias.len() >= g.m.div_ceil(MR) * MR);
-    assert_eq!(g.b_off.len(), g.k);
+    assert_eq!(g.b_rows.len(), g.k);
     if g.m == 0 || g.rows == 0 || g.cols == 0 {
         return;
     }
@@ -129,15 +131,17 @@ pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
 unsafe fn run_block(g: &GemmArgs, tiles: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
     let silu = g.act == Activation::Silu;
     let tpr = g.tiles_per_row();
-    let b_at = |t: usize| g.b.add((t / tpr) * g.b_rs + (t % tpr) * NR);
+    // Offset of a tile's first column from its B rows' starts.
+    let b_at = |t: usize| (t / tpr) * g.b_rs + (t % tpr) * NR;
     for t in tiles.clone() {
         let (y, x0) = (t / tpr, (t % tpr) * NR);
         let len = NR.min(g.cols - x0);
-        let b = b_at(t);
+        let b_x = b_at(t);
         let c = g.c.add(y * g.c_rs + x0);
         // While the first panel runs over this tile's B rows, prefetch the next tile's: they are as
         // many separate streams as k, too many for the hardware prefetcher to follow.
-        let next_b = if t + 1 < tiles.end { b_at(t + 1) } else { std::ptr::null() };
+        let next = t + 1 < tiles.end;
+        let pf_x = if next { b_at(t + 1) } else { 0 };
         let mut kb = 0;
         while kb < g.k {
             let kc = KC.min(g.k - kb);
@@ -147,18 +151,18 @@ unsafe fn run_block(g: &GemmArgs, tiles: std::ops::Range<usize>, panels: std::op
                 let t = Tile {
                     kc,
                     a: g.a.as_ptr().add((p * g.k + kb) * MR),
-                    b,
-                    b_off: g.b_off.as_ptr().add(kb),
+                    b_rows: g.b_rows.as_ptr().add(kb),
+                    b_x,
                     c: c.add(p * MR * g.ldc),
                     ldc: g.ldc,
                     rows: MR.min(g.m - p * MR),
                     bias: first.then(|| g.bias.as_ptr().add(p * MR)),
                     silu: last && silu,
-                    prefetch: next_b,
+                    pf_x,
                 };
                 // The narrowest kernel that covers the tile, so a short row end does not pay for
                 // fully masked vectors.
-                let pf = p == panels.start && !next_b.is_null();
+                let pf = p == panels.start && next;
                 match (len, pf) {
                     (NR, false) => tile::<3, true, false>(&t, len),
                     (NR, true) => tile::<3, true, true>(&t, len),
@@ -184,9 +188,9 @@ struct Tile {
     kc: usize,
     /// Packed A panel at the k-block.
     a: *const f32,
-    /// B at the tile's first column (row `kk` adds `b_off[kk]`).
-    b: *const f32,
-    b_off: *const usize,
+    /// B's row pointers at the k-block; the tile starts `b_x` elements into each row.
+    b_rows: *const *const f32,
+    b_x: usize,
     c: *mut f32,
     ldc: usize,
     /// Valid rows of C (the rest of the panel is padding).
@@ -195,13 +199,13 @@ struct Tile {
     bias: Option<*const f32>,
     /// Apply SiLU (last k-block only).
     silu: bool,
-    /// B at the next tile's first column, for `PF` kernels to prefetch.
-    prefetch: *const f32,
+    /// Where the next tile starts in B's rows, for `PF` kernels to prefetch.
+    pf_x: usize,
 }
 
 /// The `MR × 16·NV` micro-kernel. `FULL` tiles use plain loads and stores; partial ones (`len` < 16·NV
 /// columns) mask lanes past the end of the row, so nothing outside it is read or written. `PF` kernels
-/// also prefetch the next tile's B rows (`t.prefetch`).
+/// also prefetch the next tile's B rows (at `t.pf_x`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -238,12 +242,12 @@ unsafe fn tile<const NV: usize, const FULL: bool, const PF: bool>(t: &Tile, len:
         }
     }
     for kk in 0..t.kc {
-        let off = *t.b_off.add(kk);
-        let bp = t.b.add(off);
+        let row = *t.b_rows.add(kk);
+        let bp = row.add(t.b_x);
         if PF {
             // A prefetch never faults; wrapping_add because past a row's end the address may be
             // outside the allocation.
-            let q = t.prefetch.wrapping_add(off) as *const i8;
+            let q = row.wrapping_add(t.pf_x) as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(q);
             _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(64));
             _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(128));
@@ -321,6 +325,7 @@ mod tests {
                 let bias = rng.vec(m);
                 let pool = rng.vec(span + 4 * k + 3);
                 let b_off: Vec<usize> = (0..k).map(|_| (rng.next_u64() as usize) % (4 * k + 3)).collect();
+                let b_rows: Vec<*const f32> = b_off.iter().map(|&o| pool[o..].as_ptr()).collect();
                 let ldc = (rows - 1) * c_rs + cols + 2;
                 let mut c = vec![f32::NAN; m * ldc];
                 let packed = pack_a(&a, m, k, k);
@@ -334,8 +339,7 @@ mod tests {
                     c_rs,
                     a: &packed,
                     bias: &padded,
-                    b: pool.as_ptr(),
-                    b_off: &b_off,
+                    b_rows: &b_rows,
                     c: c.as_mut_ptr(),
                     ldc,
                     act,
@@ -387,7 +391,7 @@ mod bench {
         for (b_shift, c_shift) in [(0usize, 0usize), (4, 0), (0, 4), (4, 4), (1, 1)] {
             let b0 = pool.as_ptr().align_offset(64) + b_shift;
             let c0 = cbuf.as_ptr().align_offset(64) + c_shift;
-            let b_off: Vec<usize> = (0..k).map(|kk| b0 + kk * n).collect();
+            let b_rows: Vec<*const f32> = (0..k).map(|kk| pool[b0 + kk * n..].as_ptr()).collect();
             let g = GemmArgs {
                 m,
                 k,
@@ -397,8 +401,7 @@ mod bench {
                 c_rs: 0,
                 a: &a,
                 bias: &bias,
-                b: pool.as_ptr(),
-                b_off: &b_off,
+                b_rows: &b_rows,
                 c: cbuf[c0..].as_mut_ptr(),
                 ldc: n,
                 act: Activation::Identity,
