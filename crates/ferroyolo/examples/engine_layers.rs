@@ -193,8 +193,9 @@ fn main() {
         rows.push(Row { label, count: sh.count, flops: layer.flops(ho, wo) as f64, times });
     }
 
-    // The non-convolution work of one forward pass.
-    let misc: Vec<(String, usize, f64, Box<dyn Fn() + Sync>)> = vec![
+    // The non-convolution work of one forward pass: (label, occurrences, FLOPs, run).
+    type Op = (String, usize, f64, Box<dyn Fn() + Sync>);
+    let misc: Vec<Op> = vec![
         {
             let qkv = Tensor::new([1, 256, 20, 20], values(256 * 400, 77));
             let flops = 2.0 * 2.0 * (400.0 * 400.0 * 32.0 + 64.0 * 400.0 * 400.0);

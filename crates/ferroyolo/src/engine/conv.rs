@@ -154,7 +154,7 @@ impl Conv2d {
              (in {in_channels}, out {out_channels}, k {kernel}, s {stride}, g {groups})"
         );
         ensure!(
-            in_channels % groups == 0 && out_channels % groups == 0,
+            in_channels.is_multiple_of(groups) && out_channels.is_multiple_of(groups),
             "Conv2d: channels {in_channels} -> {out_channels} not divisible by groups {groups}"
         );
         let expected = out_channels * (in_channels / groups) * kernel * kernel;
@@ -304,7 +304,7 @@ impl Conv2d {
         //   copy the valid Wo columns of each row out. Stopping the last row at Wo keeps every tap's run
         //   inside the phase buffer.
         let nq = (geo.ho - 1) * geo.wq + geo.wo;
-        let compact = geo.wq != geo.wo && geo.wo % 16 != 0 && geo.wo < 64;
+        let compact = geo.wq != geo.wo && !geo.wo.is_multiple_of(16) && geo.wo < 64;
         let row_mode = geo.wq != geo.wo && !compact;
         let plane = geo.ho * geo.wo;
         let total = x.n * self.out_channels * plane;
