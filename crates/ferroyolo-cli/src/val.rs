@@ -35,9 +35,10 @@ pub struct ValArgs {
     /// Maximum detections per image.
     #[arg(long, default_value_t = 300)]
     max_det: usize,
-    /// Score only these class ids, e.g. classes=0,2.
-    #[arg(long, value_parser = parse_classes)]
-    classes: Option<Vec<usize>>,
+    /// Score only these class ids, e.g. classes=0,2 (parsed in `run`: clap would read an
+    /// `Option<Vec<_>>` field as repeated single values, not as one list).
+    #[arg(long)]
+    classes: Option<String>,
     /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
     #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     nms: bool,
@@ -69,6 +70,7 @@ pub struct ValArgs {
 
 pub fn run(a: ValArgs) -> Result<()> {
     set_threads(a.threads)?;
+    let classes = a.classes.as_deref().map(parse_classes).transpose().map_err(|e| anyhow::anyhow!("classes: {e}"))?;
     let json = a.format == "json";
     let imgsz = a.imgsz.0.max(a.imgsz.1);
     if a.imgsz.0 != a.imgsz.1 {
@@ -83,7 +85,7 @@ pub fn run(a: ValArgs) -> Result<()> {
         conf: a.conf,
         iou: a.iou,
         max_det: a.max_det,
-        classes: a.classes,
+        classes,
         nms: a.nms,
         agnostic_nms: a.agnostic_nms,
         split: a.split,

@@ -111,6 +111,13 @@ fn text_table_and_no_plots() {
     assert!(lines.iter().any(|l| l.starts_with("Speed: ")), "{stdout}");
     assert!(!dir.join("runs").exists(), "plots=false must not create a run folder");
 
+    // classes= keeps only those classes' ground truth (a list, not repeated values).
+    let out = ferroyolo(&["val", &w, &y, "plots=false", "threads=2", "classes=0,16", "format=json"], &dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let ids: Vec<u64> = doc["classes"].as_array().unwrap().iter().map(|c| c["class_id"].as_u64().unwrap()).collect();
+    assert_eq!((ids, doc["instances"].as_u64()), (vec![0, 16], Some(11)));
+
     // A missing dataset YAML is a clear error naming it.
     let out = ferroyolo(&["val", &w, "data=nowhere/data.yaml"], &dir);
     assert!(!out.status.success());

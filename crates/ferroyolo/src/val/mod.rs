@@ -77,7 +77,8 @@ pub struct ValOptions {
     pub split: String,
     /// Write plots (curves, confusion matrices, sample mosaics) to `save_dir`.
     pub plots: bool,
-    /// Where plots go; `None` with `plots` uses a new `runs/detect/val{,2,...}` folder.
+    /// Where plots go (ignored without `plots`); `None` uses a new `runs/detect/val{,2,...}`
+    /// folder.
     pub save_dir: Option<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
@@ -362,12 +363,12 @@ pub fn validate(model: &Yolo26, names: &[String], data: &LabeledSplit, opts: &Va
     }
 
     let save_dir = match (&opts.save_dir, opts.plots) {
-        (Some(d), _) => {
+        (_, false) => None,
+        (Some(d), true) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
             Some(d.clone())
         }
         (None, true) => Some(increment_run_dir(Path::new("runs/detect"), "val", false)?),
-        (None, false) => None,
     };
 
     let shapes: Vec<(u32, u32)> = data.images.iter().map(|im| im.shape).collect();
@@ -444,9 +445,7 @@ pub fn validate(model: &Yolo26, names: &[String], data: &LabeledSplit, opts: &Va
         for ((_, p), d) in ok.iter().zip(&dets) {
             let preds: Vec<([f32; 4], f32, usize)> = d.iter().map(|d| (d.xyxy, d.confidence, d.class_id)).collect();
             stats.add_image(&preds, &p.gts);
-            if opts.plots {
-                confusion.process(&preds, &p.gts, opts.conf);
-            }
+            confusion.process(&preds, &p.gts, opts.conf);
         }
         seen += n;
         if plot_this {
