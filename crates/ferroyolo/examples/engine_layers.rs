@@ -2,7 +2,10 @@
 //! max pool, upsample and concat) on 2 threads and on 1, and prints GFLOP/s per shape and the totals
 //! weighted by how often each shape occurs in one forward pass.
 //!
-//! `cargo run --release -p ferroyolo --example engine_layers [-- --quick] [-- --filter TEXT]`
+//! `cargo run --release -p ferroyolo --example engine_layers [-- --quick] [--min] [--filter TEXT]`
+//!
+//! `--quick` shortens each measurement; `--min` reports the fastest run instead of the median (for a
+//! machine shared with other work).
 //!
 //! `FERROYOLO_ISA=portable` (or `avx2`) runs a lower kernel tier for comparison.
 
@@ -124,8 +127,9 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median wall time of `f`, run at least 5 times and for at least `budget`.
-fn median_time(budget: Duration, mut f: impl FnMut()) -> Duration {
+/// Median (or, with `min`, fastest) wall time of `f`, run at least 5 times and for at least `budget`.
+/// The minimum is for busy machines, where it is the better estimate of the uncontended time.
+fn median_time(budget: Duration, min: bool, mut f: impl FnMut()) -> Duration {
     f(); // warm-up: first-touch page faults, weight packing, scratch buffers
     let mut times = Vec::new();
     let start = Instant::now();
@@ -135,7 +139,11 @@ fn median_time(budget: Duration, mut f: impl FnMut()) -> Duration {
         times.push(t.elapsed());
     }
     times.sort();
-    times[times.len() / 2]
+    if min {
+        times[0]
+    } else {
+        times[times.len() / 2]
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -152,12 +160,17 @@ struct Row {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let min = args.iter().any(|a| a == "--min");
     let filter = args.iter().position(|a| a == "--filter").and_then(|i| args.get(i + 1)).cloned();
     let budget = Duration::from_millis(if quick { 60 } else { 300 });
     let thread_counts = [2usize, 1];
     let pools: Vec<rayon::ThreadPool> =
         thread_counts.iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
-    println!("engine ISA tier: {:?}; median of >= 5 runs; GFLOP/s = 2 x multiply-adds / time", engine::isa());
+    println!(
+        "engine ISA tier: {:?}; {} of >= 5 runs; GFLOP/s = 2 x multiply-adds / time",
+        engine::isa(),
+        if min { "fastest" } else { "median" }
+    );
 
     let mut rows = Vec::new();
     for (i, sh) in SHAPES.iter().enumerate() {
@@ -184,7 +197,7 @@ fn main() {
             .iter()
             .map(|p| {
                 p.install(|| {
-                    median_time(budget, || {
+                    median_time(budget, min, || {
                         std::hint::black_box(layer.forward(&x, act));
                     })
                 })
@@ -247,7 +260,7 @@ fn main() {
         if filter.as_deref().is_some_and(|flt| !label.contains(flt)) {
             continue;
         }
-        let times = pools.iter().map(|p| p.install(|| median_time(budget, &f))).collect();
+        let times = pools.iter().map(|p| p.install(|| median_time(budget, min, &f))).collect();
         rows.push(Row { label, count, flops, times });
     }
 

@@ -1,5 +1,7 @@
 //! The multi-head self-attention core of YOLO26's `Attention` module (softmax(qᵀk·scale), then v·attnᵀ).
 
+use rayon::prelude::*;
+
 use super::buffers;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
@@ -37,25 +39,33 @@ pub(crate) fn attention_isa(
     let n = h * w;
     let mut out = buffers::zeros(b * heads * head_dim * n);
     let mut v_out = buffers::take(b * heads * head_dim * n);
-    // Scores, stored transposed: st[j][i] = score of query i against key j.
-    let mut st = buffers::zeros(n * n);
     for img in 0..b {
-        let src = qkv.image(img);
         for hd in 0..heads {
-            let block = &src[hd * per_head * n..(hd + 1) * per_head * n];
-            let (q, rest) = block.split_at(key_dim * n);
-            let (k, v) = rest.split_at(key_dim * n);
-            v_out.extend_from_slice(v);
-            let o = &mut out[(img * heads + hd) * head_dim * n..][..head_dim * n];
-            head(q, k, v, n, key_dim, head_dim, scale, &mut st, o, isa);
+            let start = (hd * per_head + 2 * key_dim) * n;
+            v_out.extend_from_slice(&qkv.image(img)[start..start + head_dim * n]);
         }
     }
-    buffers::give(st);
+    // One task per (image, head), each on one thread: a head is only ~30 MFLOP, too little to split
+    // further without the threads waiting on each other.
+    let work = |(task, o): (usize, &mut [f32])| {
+        let (img, hd) = (task / heads, task % heads);
+        let block = &qkv.image(img)[hd * per_head * n..(hd + 1) * per_head * n];
+        let (q, rest) = block.split_at(key_dim * n);
+        let (k, v) = rest.split_at(key_dim * n);
+        // Scores, stored transposed: st[j][i] = score of query i against key j.
+        super::conv::with_scratch(n * n, |st| head(q, k, v, n, key_dim, head_dim, scale, st, o, isa));
+    };
+    if b * heads > 1 && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(head_dim * n).enumerate().for_each(work);
+    } else {
+        out.chunks_mut(head_dim * n).enumerate().for_each(work);
+    }
     let shape = [b, heads * head_dim, h, w];
     (Tensor::new(shape, out), Tensor::new(shape, v_out))
 }
 
-/// One head: `st = (k·scale)ᵀ q`, column softmax, `out = v · st`.
+/// One head, on the calling thread: `st = exp((k·scale)ᵀ q - column max)`, `out = v · st`, then each
+/// output column divided by its softmax sum (cheaper than normalising the n × n scores).
 #[allow(clippy::too_many_arguments)]
 fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: f32, st: &mut [f32], out: &mut [f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
@@ -88,10 +98,10 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             ldc: n,
             act: Activation::Identity,
         };
-        // SAFETY: AVX-512 tier only on CPUs that have it; B rows d·n .. d·n + n lie in q (kd·n);
-        // C is n rows of n in `st`, which aliases nothing else.
-        unsafe { igemm(&s_args, true) };
-        softmax_columns(st, n, isa);
+        // SAFETY: AVX-512 tier only on CPUs that have it; B rows are q's kd rows of n; C is n rows of n
+        // in `st`, which aliases nothing else.
+        unsafe { igemm(&s_args, false) };
+        let inv_sum = softmax_columns(st, n, isa);
         let v_packed = pack_a(v, hd, n, n);
         let p_rows: Vec<*const f32> = st.chunks(n).map(|r| r.as_ptr()).collect();
         let o_args = GemmArgs {
@@ -108,29 +118,54 @@ fn head(q: &[f32], k: &[f32], v: &[f32], n: usize, kd: usize, hd: usize, scale: 
             ldc: n,
             act: Activation::Identity,
         };
-        // SAFETY: as above; B rows j·n .. j·n + n lie in `st` (n·n); C is hd rows of n in `out`.
-        unsafe { igemm(&o_args, true) };
+        // SAFETY: as above; B rows are st's n rows of n; C is hd rows of n in `out`.
+        unsafe { igemm(&o_args, false) };
+        scale_columns(out, &inv_sum, isa);
         return;
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY (both calls): every operand is addressed inside its slice with the given strides:
     // st[j][i] (n × n, row stride n) = Σ_d k[d][j] q[d][i] with k read as kᵀ (n × kd: column stride n,
     // row stride 1) and q as kd × n (row stride n); out (hd × n) = v (hd × n) · st (n × n).
     unsafe {
-        gemm::gemm(n, n, kd, st.as_mut_ptr(), 1, n as isize, false, k.as_ptr(), n as isize, 1, q.as_ptr(), 1, n as isize, 0.0, scale, false, false, false, par);
+        gemm::gemm(n, n, kd, st.as_mut_ptr(), 1, n as isize, false, k.as_ptr(), n as isize, 1, q.as_ptr(), 1, n as isize, 0.0, scale, false, false, false, gemm::Parallelism::None);
     }
-    softmax_columns(st, n, isa);
+    let inv_sum = softmax_columns(st, n, isa);
     unsafe {
-        gemm::gemm(hd, n, n, out.as_mut_ptr(), 1, n as isize, false, v.as_ptr(), 1, n as isize, st.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, par);
+        gemm::gemm(hd, n, n, out.as_mut_ptr(), 1, n as isize, false, v.as_ptr(), 1, n as isize, st.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
     }
+    scale_columns(out, &inv_sum, isa);
 }
 
-/// Softmax down each column of the `n × n` row-major `st` (over keys j, for each query i). Working a
-/// row at a time keeps every step a contiguous, vectorisable pass.
-fn softmax_columns(st: &mut [f32], n: usize, isa: Isa) {
+/// `rows[r][i] *= factor[i]` for every row of length `factor.len()`.
+fn scale_columns(rows: &mut [f32], factor: &[f32], isa: Isa) {
     #[inline(always)]
-    fn generic(st: &mut [f32], n: usize) {
+    fn generic(rows: &mut [f32], factor: &[f32]) {
+        for row in rows.chunks_mut(factor.len()) {
+            for (v, &f) in row.iter_mut().zip(factor) {
+                *v *= f;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(rows: &mut [f32], factor: &[f32]) {
+        generic(rows, factor)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `isa` never exceeds what the CPU was detected to support.
+        return unsafe { avx512(rows, factor) };
+    }
+    let _ = isa;
+    generic(rows, factor)
+}
+
+/// The unnormalised softmax down each column of the `n × n` row-major `st` (over keys j, for each
+/// query i): `st = exp(st - column max)`; returns `1 / column sum`. Working a row at a time keeps every
+/// step a contiguous, vectorisable pass.
+fn softmax_columns(st: &mut [f32], n: usize, isa: Isa) -> Vec<f32> {
+    #[inline(always)]
+    fn generic(st: &mut [f32], n: usize) -> Vec<f32> {
         let mut max = vec![f32::NEG_INFINITY; n];
         for row in st.chunks(n) {
             for (m, &v) in max.iter_mut().zip(row) {
@@ -147,20 +182,16 @@ fn softmax_columns(st: &mut [f32], n: usize, isa: Isa) {
         for s in sum.iter_mut() {
             *s = 1.0 / *s;
         }
-        for row in st.chunks_mut(n) {
-            for (v, &s) in row.iter_mut().zip(&sum) {
-                *v *= s;
-            }
-        }
+        sum
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(st: &mut [f32], n: usize) {
+    unsafe fn avx512(st: &mut [f32], n: usize) -> Vec<f32> {
         generic(st, n)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(st: &mut [f32], n: usize) {
+    unsafe fn avx2(st: &mut [f32], n: usize) -> Vec<f32> {
         generic(st, n)
     }
     #[cfg(target_arch = "x86_64")]

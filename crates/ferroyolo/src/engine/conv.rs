@@ -525,7 +525,7 @@ thread_local! {
 }
 
 /// Runs `f` on a scratch slice of `len` floats (contents unspecified) borrowed from this thread's pool.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -734,8 +734,8 @@ fn depthwise_plane(
     generic(phases, w, taps, bias, geo, silu, out)
 }
 
-/// AVX-512 depthwise plane: 64 outputs of a row at a time stay in 4 registers across all taps (four
-/// independent FMA chains), then are stored once; row ends are masked.
+/// AVX-512 depthwise plane: up to 64 outputs of a row at a time stay in registers across all taps
+/// (up to four independent FMA chains), then are stored once; row ends are masked.
 ///
 /// # Safety
 /// AVX-512F must be available; `max(taps) + (ho-1)·wq + wo <= phases.len()` and `out.len() == ho·wo`.
@@ -750,39 +750,70 @@ unsafe fn depthwise_avx512(
     silu: bool,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    const V: usize = 4;
     for y in 0..geo.ho {
         let row = out.as_mut_ptr().add(y * geo.wo);
         let base = phases.as_ptr().add(y * geo.wq);
         let mut x0 = 0;
         while x0 < geo.wo {
-            let len = (geo.wo - x0).min(V * 16);
-            let mut masks = [0u16; V];
-            for (v, m) in masks.iter_mut().enumerate() {
-                *m = ((1u32 << len.saturating_sub(v * 16).min(16)) - 1) as u16;
-            }
-            let mut acc = [_mm512_set1_ps(bias); V];
-            for (&off, &wt) in taps.iter().zip(w) {
-                let wv = _mm512_set1_ps(wt);
-                let p = base.add(off + x0);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    // Masked-off lanes are not read, so the row's end never reads past the plane.
-                    *a = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16)), *a);
-                }
-            }
-            for (v, a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(row.add(x0 + v * 16), masks[v], *a);
-            }
-            // SiLU as a pass over the stored values, so `acc` stays in registers (see igemm's tile).
-            if silu {
-                for (v, &m) in masks.iter().enumerate() {
-                    let p = row.add(x0 + v * 16);
-                    _mm512_mask_storeu_ps(p, m, super::simd::avx512::silu(_mm512_maskz_loadu_ps(m, p)));
-                }
+            let len = (geo.wo - x0).min(64);
+            // As many vectors as the chunk needs: a 20-wide row is 2 vectors, not 4.
+            let c = DwChunk { base: base.add(x0), out: row.add(x0), len, w, taps, bias, silu };
+            match len.div_ceil(16) {
+                4 => c.run::<4>(),
+                3 => c.run::<3>(),
+                2 => c.run::<2>(),
+                _ => c.run::<1>(),
             }
             x0 += len;
         }
+    }
+}
+
+/// Up to 64 consecutive outputs of one depthwise row.
+#[cfg(target_arch = "x86_64")]
+struct DwChunk<'a> {
+    /// Inputs of tap 0's run for the chunk's first output (tap t adds `taps[t]`).
+    base: *const f32,
+    out: *mut f32,
+    len: usize,
+    w: &'a [f32],
+    taps: &'a [usize],
+    bias: f32,
+    silu: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl DwChunk<'_> {
+    /// # Safety
+    /// AVX-512F; `len <= 16·V`; every tap's run of `len` inputs and the `len` outputs are in bounds.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const V: usize>(&self) {
+        use std::arch::x86_64::*;
+        let mut masks = [0u16; V];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = ((1u32 << self.len.saturating_sub(v * 16).min(16)) - 1) as u16;
+        }
+        let mut acc = [_mm512_set1_ps(self.bias); V];
+        for (&off, &wt) in self.taps.iter().zip(self.w) {
+            let wv = _mm512_set1_ps(wt);
+            let p = self.base.add(off);
+            for (v, a) in acc.iter_mut().enumerate() {
+                // Masked-off lanes are not read, so the row's end never reads past the plane.
+                *a = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], p.add(v * 16)), *a);
+            }
+        }
+        // Unrolled by hand so `acc` is only ever indexed by constants and stays in registers (a loop
+        // around the large SiLU body would not be unrolled; see igemm's tile).
+        macro_rules! store {
+            ($($v:literal),*) => {$(
+                if let Some(&a) = acc.get($v) {
+                    let a = if self.silu { super::simd::avx512::silu(a) } else { a };
+                    _mm512_mask_storeu_ps(self.out.add($v * 16), masks[$v], a);
+                }
+            )*};
+        }
+        store!(0, 1, 2, 3);
     }
 }
 
