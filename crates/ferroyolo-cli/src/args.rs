@@ -31,9 +31,14 @@ pub fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
     .and_then(|(h, w)| if h == 0 || w == 0 { Err("imgsz must be positive".into()) } else { Ok((h, w)) })
 }
 
+/// Class ids given as one word (`classes=0,2`). A newtype, because clap would read a bare
+/// `Vec` as a repeated option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassIds(pub Vec<usize>);
+
 /// Parses `0`, `0,2`, `[0, 2]` into class ids.
-pub fn parse_classes(s: &str) -> Result<Vec<usize>, String> {
-    parse_list(s)
+pub fn parse_classes(s: &str) -> Result<ClassIds, String> {
+    parse_list(s).map(ClassIds)
 }
 
 fn parse_list(s: &str) -> Result<Vec<usize>, String> {
@@ -83,7 +88,7 @@ mod tests {
         assert_eq!(parse_imgsz("[640, 480]").unwrap(), (640, 480));
         assert!(parse_imgsz("0").is_err());
         assert!(parse_imgsz("a").is_err());
-        assert_eq!(parse_classes("0,2").unwrap(), vec![0, 2]);
+        assert_eq!(parse_classes("0,2").unwrap(), ClassIds(vec![0, 2]));
         assert!(!parse_bool("False").unwrap());
         assert!(parse_bool("maybe").is_err());
     }

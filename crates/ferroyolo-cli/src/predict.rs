@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads};
+use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads, ClassIds};
 use ferroyolo::data::source::resolve_source;
 use ferroyolo::output::annotate::{draw_detections, BoxLabel};
 use ferroyolo::output::run_dir::increment_run_dir;
@@ -34,7 +34,7 @@ pub struct PredictArgs {
     max_det: usize,
     /// Keep only these class ids, e.g. classes=0,2.
     #[arg(long, value_parser = parse_classes)]
-    classes: Option<Vec<usize>>,
+    classes: Option<ClassIds>,
     /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
     #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     nms: bool,
@@ -80,7 +80,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         conf: a.conf,
         iou: a.iou,
         max_det: a.max_det,
-        classes: a.classes.clone(),
+        classes: a.classes.clone().map(|c| c.0),
         nms: a.nms,
         agnostic_nms: a.agnostic_nms,
     };

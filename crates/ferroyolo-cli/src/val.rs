@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads};
+use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads, ClassIds};
 use ferroyolo::data::dataset::DatasetConfig;
 use ferroyolo::output::run_dir::increment_run_dir;
 use ferroyolo::val::ValOptions;
@@ -35,10 +35,9 @@ pub struct ValArgs {
     /// Maximum detections per image.
     #[arg(long, default_value_t = 300)]
     max_det: usize,
-    /// Score only these class ids, e.g. classes=0,2 (parsed in `run`: clap would read an
-    /// `Option<Vec<_>>` field as repeated single values, not as one list).
-    #[arg(long)]
-    classes: Option<String>,
+    /// Score only these class ids, e.g. classes=0,2.
+    #[arg(long, value_parser = parse_classes)]
+    classes: Option<ClassIds>,
     /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
     #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     nms: bool,
@@ -70,7 +69,7 @@ pub struct ValArgs {
 
 pub fn run(a: ValArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let classes = a.classes.as_deref().map(parse_classes).transpose().map_err(|e| anyhow::anyhow!("classes: {e}"))?;
+    let classes = a.classes.map(|c| c.0);
     let json = a.format == "json";
     let imgsz = a.imgsz.0.max(a.imgsz.1);
     if a.imgsz.0 != a.imgsz.1 {

@@ -155,6 +155,12 @@ fn predict_prints_the_summary_and_saves_annotated_images() {
     let out = ferroyolo(&no_save, &work);
     assert!(out.status.success());
     assert!(!work.join("runs/detect/predict3").exists());
+    // classes= keeps only those ids (the bus is class 5).
+    let mut only_bus = no_save.clone();
+    only_bus.push("classes=5");
+    let out = ferroyolo(&only_bus, &work);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("640x480 1 bus,"), "{}", String::from_utf8_lossy(&out.stdout));
     std::fs::remove_dir_all(&work).unwrap();
 }
 
