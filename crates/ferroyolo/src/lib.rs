@@ -18,5 +18,6 @@ pub mod weights;
 
 #[doc(hidden)]
 pub mod testing;
+pub mod train;
 
 pub use predict::{Detection, PredictOptions, Results, Yolo};

@@ -1,0 +1,1 @@
+//! Training data pipeline: mosaic, random perspective, HSV jitter, flips, seeded batches.

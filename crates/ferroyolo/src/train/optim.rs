@@ -1,0 +1,1 @@
+//! Optimizers (SGD, AdamW, MuSGD), parameter groups, learning-rate schedules, warmup and EMA.
