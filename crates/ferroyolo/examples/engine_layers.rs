@@ -8,6 +8,9 @@
 //! machine shared with other work).
 //!
 //! `FERROYOLO_ISA=portable` (or `avx2`) runs a lower kernel tier for comparison.
+//!
+//! `--model WEIGHTS` instead runs whole yolo26 forward passes (640×640) with engine profiling on and
+//! prints where they spend their time, per kernel call shape.
 
 use std::time::{Duration, Instant};
 
@@ -166,6 +169,10 @@ fn main() {
     let thread_counts = [2usize, 1];
     let pools: Vec<rayon::ThreadPool> =
         thread_counts.iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
+    if let Some(weights) = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)) {
+        profile_model(weights, &thread_counts, &pools);
+        return;
+    }
     println!(
         "engine ISA tier: {:?}; {} of >= 5 runs; GFLOP/s = 2 x multiply-adds / time",
         engine::isa(),
@@ -286,5 +293,34 @@ fn main() {
             "{t} thread(s): sum of layer medians x occurrences = {ms:.2} ms ({:.1} GFLOP/s)",
             total_flops / (ms / 1e3) / 1e9
         );
+    }
+}
+
+/// Whole forward passes with engine profiling: where the time goes, per call shape.
+fn profile_model(weights: &str, thread_counts: &[usize], pools: &[rayon::ThreadPool]) {
+    let yolo = ferroyolo::Yolo::load(weights).expect("load weights");
+    let x = Tensor::new([1, 3, 640, 640], values(3 * 640 * 640, 99));
+    let runs = 10;
+    for (t, pool) in thread_counts.iter().zip(pools) {
+        pool.install(|| {
+            for _ in 0..3 {
+                std::hint::black_box(yolo.model().forward(&x, ferroyolo::model::HeadMode::OneToOne));
+            }
+            let mut times = Vec::new();
+            engine::set_profiling(true);
+            for _ in 0..runs {
+                let start = Instant::now();
+                std::hint::black_box(yolo.model().forward(&x, ferroyolo::model::HeadMode::OneToOne));
+                times.push(start.elapsed());
+            }
+            engine::set_profiling(false);
+            times.sort();
+            println!(
+                "\n{t} thread(s): forward median {:.2} ms, fastest {:.2} ms; engine calls over {runs} forwards:",
+                ms(times[runs / 2]),
+                ms(times[0])
+            );
+            print!("{}", engine::profile_report());
+        });
     }
 }

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::buffers;
+use super::profile;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
 
@@ -18,7 +19,14 @@ use super::tensor::Tensor;
 /// # Panics
 /// If `qkv`'s channel count is not `heads·(2·key_dim + head_dim)`.
 pub fn attention(qkv: &Tensor, num_heads: usize, key_dim: usize, head_dim: usize, scale: f32) -> (Tensor, Tensor) {
-    attention_isa(qkv, num_heads, key_dim, head_dim, scale, simd::isa())
+    let span = profile::start();
+    let r = attention_isa(qkv, num_heads, key_dim, head_dim, scale, simd::isa());
+    let [b, _, h, w] = qkv.shape();
+    let n = (h * w) as u64;
+    span.finish(2 * b as u64 * num_heads as u64 * n * n * (key_dim + head_dim) as u64, || {
+        format!("attention h{num_heads} kd{key_dim} hd{head_dim} {h}x{w}")
+    });
+    r
 }
 
 pub(crate) fn attention_isa(

@@ -27,6 +27,7 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 use super::buffers;
+use super::profile;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
 
@@ -252,6 +253,27 @@ impl Conv2d {
     /// The forward pass on an explicit ISA tier (tests compare tiers; `isa` must not exceed what the
     /// CPU supports).
     pub(crate) fn forward_isa(&self, x: &Input, act: Activation, isa: Isa) -> Tensor {
+        let span = profile::start();
+        let y = self.forward_inner(x, act, isa);
+        let [n, _, ho, wo] = y.shape();
+        span.finish(n as u64 * self.flops(ho, wo), || {
+            format!(
+                "conv {}->{} k{} s{}{} {}x{}{}{}",
+                self.in_channels,
+                self.out_channels,
+                self.kernel,
+                self.stride,
+                if self.groups > 1 { format!(" g{}", self.groups) } else { String::new() },
+                x.h,
+                x.w,
+                if act == Activation::Silu { "" } else { " noact" },
+                if x.parts.len() > 1 { format!(" ({} parts)", x.parts.len()) } else { String::new() }
+            )
+        });
+        y
+    }
+
+    fn forward_inner(&self, x: &Input, act: Activation, isa: Isa) -> Tensor {
         assert_eq!(
             x.channels, self.in_channels,
             "Conv2d::forward: input has {} channels, the layer expects {}",

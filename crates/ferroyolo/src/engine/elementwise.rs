@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::buffers;
+use super::profile;
 use super::simd;
 use super::tensor::Tensor;
 
@@ -24,12 +25,15 @@ pub fn silu(v: f32) -> f32 {
 
 /// Applies SiLU to every element in place (vectorised; relative error below 1e-6).
 pub fn silu_inplace(t: &mut Tensor) {
+    let span = profile::start();
+    let shape = t.shape();
     let data = t.data_mut();
     if data.len() < PAR_MIN {
         simd::silu_slice(data);
     } else {
         data.par_chunks_mut(PAR_MIN / 2).for_each(simd::silu_slice);
     }
+    span.finish(0, || format!("silu {shape:?}"));
 }
 
 /// Residual add: `a += b`.
@@ -38,6 +42,8 @@ pub fn silu_inplace(t: &mut Tensor) {
 /// If the shapes differ.
 pub fn add_assign(a: &mut Tensor, b: &Tensor) {
     assert_eq!(a.shape(), b.shape(), "add_assign: shape mismatch");
+    let span = profile::start();
+    let shape = a.shape();
     let isa = simd::isa();
     let (a, b) = (a.data_mut(), b.data());
     if a.len() < PAR_MIN {
@@ -45,6 +51,7 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) {
     } else {
         a.par_chunks_mut(PAR_MIN / 2).zip(b.par_chunks(PAR_MIN / 2)).for_each(|(a, b)| add_slices(a, b, isa));
     }
+    span.finish(0, || format!("add {shape:?}"));
 }
 
 fn add_slices(a: &mut [f32], b: &[f32], isa: simd::Isa) {
@@ -79,6 +86,7 @@ pub fn concat_channels(parts: &[&Tensor]) -> Tensor {
         let [pn, _, ph, pw] = p.shape();
         assert_eq!((pn, ph, pw), (n, h, w), "concat_channels: parts differ in n, h or w");
     }
+    let span = profile::start();
     let c_total: usize = parts.iter().map(|p| p.shape()[1]).sum();
     let hw = h * w;
     let mut out = buffers::take(n * c_total * hw);
@@ -88,6 +96,7 @@ pub fn concat_channels(parts: &[&Tensor]) -> Tensor {
             out.extend_from_slice(p.image(i));
         }
     }
+    span.finish(0, || format!("concat {} parts -> {:?}", parts.len(), [n, c_total, h, w]));
     Tensor::new([n, c_total, h, w], out)
 }
 
@@ -98,12 +107,14 @@ pub fn concat_channels(parts: &[&Tensor]) -> Tensor {
 pub fn narrow_channels(x: &Tensor, start: usize, len: usize) -> Tensor {
     let [n, c, h, w] = x.shape();
     assert!(start + len <= c, "narrow_channels: {start}..{} outside {c} channels", start + len);
+    let span = profile::start();
     let hw = h * w;
     let mut out = buffers::take(n * len * hw);
     for i in 0..n {
         let img = x.image(i);
         out.extend_from_slice(&img[start * hw..(start + len) * hw]);
     }
+    span.finish(0, || format!("narrow {len} of {:?}", x.shape()));
     Tensor::new([n, len, h, w], out)
 }
 

@@ -378,6 +378,33 @@ mod tests {
 mod bench {
     use super::*;
 
+    /// Threads scaling for a few shapes (m, k, n, B-row spacing).
+    #[test]
+    #[ignore]
+    fn igemm_scaling() {
+        for &(m, k, n, spacing) in &[(32usize, 288usize, 1678usize, 42usize), (128, 128, 1600, 1600), (32, 288, 1678, 1764), (128, 288, 1678, 42)] {
+            let a = pack_a(&vec![0.01f32; m * k], m, k, k);
+            let bias = pad_bias(&vec![0.0; m]);
+            let pool = vec![0.5f32; k * spacing + n + 64];
+            let mut cbuf = vec![0.0f32; m * n];
+            let b_rows: Vec<*const f32> = (0..k).map(|kk| pool[kk * spacing..].as_ptr()).collect();
+            let g = GemmArgs { m, k, rows: 1, cols: n, b_rs: 0, c_rs: 0, a: &a, bias: &bias, b_rows: &b_rows, c: cbuf.as_mut_ptr(), ldc: n, act: Activation::Silu };
+            for threads in [1, 2] {
+                let p = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut best = f64::MAX;
+                p.install(|| {
+                    for _ in 0..300 {
+                        let t = std::time::Instant::now();
+                        // SAFETY: bench only; offsets in bounds.
+                        unsafe { igemm(&g, true) };
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                });
+                println!("m{m} k{k} n{n} spacing {spacing}: {threads}t {:.1} us {:.1} GFLOP/s", best * 1e6, 2.0 * (m * n * k) as f64 / best / 1e9);
+            }
+        }
+    }
+
     /// Kernel throughput on cache-resident data, aligned vs misaligned B and C.
     /// `cargo test --release -p ferroyolo --lib engine::igemm::bench -- --ignored --nocapture`
     #[test]

@@ -17,6 +17,7 @@ mod conv;
 mod elementwise;
 mod igemm;
 mod pool;
+mod profile;
 mod simd;
 mod tensor;
 
@@ -28,6 +29,7 @@ pub use buffers::release_buffers;
 pub use conv::{Activation, Conv2d};
 pub use elementwise::{add_assign, concat_channels, narrow_channels, sigmoid, silu, silu_inplace};
 pub use pool::{max_pool2d, upsample_nearest};
+pub use profile::{profile_report, set_profiling};
 pub use simd::{isa, Isa};
 pub use tensor::Tensor;
 

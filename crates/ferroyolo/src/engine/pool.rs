@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::buffers;
+use super::profile;
 use super::tensor::Tensor;
 
 /// Planes smaller than this are processed in groups so each rayon task has enough work.
@@ -15,6 +16,13 @@ const TASK_MIN: usize = 1 << 14;
 /// If `kernel` or `stride` is 0, if `padding > kernel / 2` (PyTorch rejects it too), or if the padded
 /// input is smaller than the window.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
+    let span = profile::start();
+    let y = max_pool2d_inner(x, kernel, stride, padding);
+    span.finish(0, || format!("max_pool2d k{kernel} s{stride} {:?}", x.shape()));
+    y
+}
+
+fn max_pool2d_inner(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
     assert!(kernel > 0 && stride > 0, "max_pool2d: kernel and stride must be positive");
     assert!(padding <= kernel / 2, "max_pool2d: padding {padding} exceeds half the kernel {kernel}");
     let [n, c, h, w] = x.shape();
@@ -78,6 +86,13 @@ fn max_taps(dst: &mut [f32], src: &[f32], kernel: usize, stride: usize, padding:
 /// # Panics
 /// If `scale` is 0.
 pub fn upsample_nearest(x: &Tensor, scale: usize) -> Tensor {
+    let span = profile::start();
+    let y = upsample_inner(x, scale);
+    span.finish(0, || format!("upsample x{scale} {:?}", x.shape()));
+    y
+}
+
+fn upsample_inner(x: &Tensor, scale: usize) -> Tensor {
     assert!(scale > 0, "upsample_nearest: scale must be positive");
     let [n, c, h, w] = x.shape();
     let (ho, wo) = (h * scale, w * scale);
