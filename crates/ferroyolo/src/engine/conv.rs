@@ -528,14 +528,14 @@ impl Conv2d {
 
 /// An output pointer shared by rayon tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: every user hands each task a disjoint region to write (see the call sites).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// By method, so closures capture the wrapper and not (by edition-2021 disjoint capture) the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

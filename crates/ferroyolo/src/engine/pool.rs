@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::buffers;
 use super::profile;
+use super::simd;
 use super::tensor::Tensor;
 
 /// Planes smaller than this are processed in groups so each rayon task has enough work.
@@ -31,33 +32,69 @@ fn max_pool2d_inner(x: &Tensor, kernel: usize, stride: usize, padding: usize) ->
     let wo = (w + 2 * padding - kernel) / stride + 1;
     let mut out = buffers::zeros(n * c * ho * wo);
     let planes_per_task = (TASK_MIN / (h * w).max(1)).max(1);
-    out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(
-        |(out, inp)| {
-            // Separable: the max over a k×k window is the max over k rows of the row-wise maxima.
-            let mut rows = vec![f32::NEG_INFINITY; h * wo];
-            for (out, inp) in out.chunks_mut(ho * wo).zip(inp.chunks(h * w)) {
-                rows.fill(f32::NEG_INFINITY);
-                for (dst, src) in rows.chunks_mut(wo).zip(inp.chunks(w)) {
-                    max_taps(dst, src, kernel, stride, padding);
-                }
-                out.fill(f32::NEG_INFINITY);
-                for (yo, dst) in out.chunks_mut(wo).enumerate() {
-                    for ky in 0..kernel {
-                        let y = (yo * stride + ky).wrapping_sub(padding);
-                        if y < h {
-                            for (d, &s) in dst.iter_mut().zip(&rows[y * wo..(y + 1) * wo]) {
-                                *d = if s > *d { s } else { *d };
-                            }
+    let g = PoolGeometry { h, w, ho, wo, kernel, stride, padding };
+    let isa = simd::isa();
+    let task = |(out, inp): (&mut [f32], &[f32])| pool_planes(out, inp, g, isa);
+    if out.len() >= TASK_MIN {
+        out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(task);
+    } else {
+        task((&mut out, x.data()));
+    }
+    Tensor::new([n, c, ho, wo], out)
+}
+
+#[derive(Clone, Copy)]
+struct PoolGeometry {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+/// Max-pools whole planes of `inp` into `out`, compiled for the widest SIMD the CPU has.
+fn pool_planes(out: &mut [f32], inp: &[f32], g: PoolGeometry, isa: simd::Isa) {
+    #[inline(always)]
+    fn generic(out: &mut [f32], inp: &[f32], g: PoolGeometry) {
+        let PoolGeometry { h, w, ho, wo, kernel, stride, padding } = g;
+        // Separable: the max over a k×k window is the max over k rows of the row-wise maxima.
+        let mut rows = vec![f32::NEG_INFINITY; h * wo];
+        for (out, inp) in out.chunks_mut(ho * wo).zip(inp.chunks(h * w)) {
+            rows.fill(f32::NEG_INFINITY);
+            for (dst, src) in rows.chunks_mut(wo).zip(inp.chunks(w)) {
+                max_taps(dst, src, kernel, stride, padding);
+            }
+            out.fill(f32::NEG_INFINITY);
+            for (yo, dst) in out.chunks_mut(wo).enumerate() {
+                for ky in 0..kernel {
+                    let y = (yo * stride + ky).wrapping_sub(padding);
+                    if y < h {
+                        for (d, &s) in dst.iter_mut().zip(&rows[y * wo..(y + 1) * wo]) {
+                            *d = if s > *d { s } else { *d };
                         }
                     }
                 }
             }
-        },
-    );
-    Tensor::new([n, c, ho, wo], out)
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(out: &mut [f32], inp: &[f32], g: PoolGeometry) {
+        generic(out, inp, g)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == simd::Isa::Avx512 {
+        // SAFETY: `isa` never exceeds what the CPU was detected to support.
+        return unsafe { avx512(out, inp, g) };
+    }
+    let _ = isa;
+    generic(out, inp, g)
 }
 
 /// `dst[o] = max(dst[o], src[o*stride - padding + t])` over taps `t < kernel` that fall inside `src`.
+#[inline(always)]
 fn max_taps(dst: &mut [f32], src: &[f32], kernel: usize, stride: usize, padding: usize) {
     let len = src.len();
     for t in 0..kernel {
@@ -93,26 +130,45 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> Tensor {
 }
 
 fn upsample_inner(x: &Tensor, scale: usize) -> Tensor {
+    use std::mem::MaybeUninit;
     assert!(scale > 0, "upsample_nearest: scale must be positive");
     let [n, c, h, w] = x.shape();
     let (ho, wo) = (h * scale, w * scale);
-    let mut out = buffers::zeros(n * c * ho * wo);
-    let planes_per_task = (TASK_MIN / (ho * wo).max(1)).max(1);
-    out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(
-        |(out, inp)| {
-            for (out, inp) in out.chunks_mut(ho * wo).zip(inp.chunks(h * w)) {
-                for (rows, src) in out.chunks_mut(wo * scale).zip(inp.chunks(w)) {
-                    let (first, rest) = rows.split_at_mut(wo);
-                    for (d, &s) in first.chunks_mut(scale).zip(src) {
-                        d.fill(s);
-                    }
-                    for r in rest.chunks_mut(wo) {
-                        r.copy_from_slice(first);
-                    }
+    let total = n * c * ho * wo;
+    // Written once, straight into the (uninitialised) output: no zero-fill pass over it first.
+    let mut out = buffers::take(total);
+    let dst = super::conv::SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let plane = |pl: usize| {
+        let src = &x.data()[pl * h * w..(pl + 1) * h * w];
+        // SAFETY: plane `pl`'s `ho·wo` outputs lie inside the `total`-element capacity, and each plane
+        // is written by exactly one task.
+        let o: &mut [MaybeUninit<f32>] = unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * ho * wo).cast(), ho * wo) };
+        for (rows, src) in o.chunks_mut(wo * scale).zip(src.chunks(w)) {
+            let (first, rest) = rows.split_at_mut(wo);
+            if scale == 2 {
+                for (d, &v) in first.chunks_exact_mut(2).zip(src) {
+                    d[0].write(v);
+                    d[1].write(v);
+                }
+            } else {
+                for (d, &v) in first.chunks_mut(scale).zip(src) {
+                    d.iter_mut().for_each(|d| {
+                        d.write(v);
+                    });
                 }
             }
-        },
-    );
+            for r in rest.chunks_mut(wo) {
+                r.copy_from_slice(first);
+            }
+        }
+    };
+    if total >= TASK_MIN * 4 {
+        (0..n * c).into_par_iter().for_each(plane);
+    } else {
+        (0..n * c).for_each(plane);
+    }
+    // SAFETY: every plane was fully written above.
+    unsafe { out.set_len(total) };
     Tensor::new([n, c, ho, wo], out)
 }
 
