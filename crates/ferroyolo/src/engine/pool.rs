@@ -4,7 +4,6 @@ use rayon::prelude::*;
 
 use super::buffers;
 use super::profile;
-use super::simd;
 use super::tensor::Tensor;
 
 /// Planes smaller than this are processed in groups so each rayon task has enough work.
@@ -33,8 +32,7 @@ fn max_pool2d_inner(x: &Tensor, kernel: usize, stride: usize, padding: usize) ->
     let mut out = buffers::zeros(n * c * ho * wo);
     let planes_per_task = (TASK_MIN / (h * w).max(1)).max(1);
     let g = PoolGeometry { h, w, ho, wo, kernel, stride, padding };
-    let isa = simd::isa();
-    let task = |(out, inp): (&mut [f32], &[f32])| pool_planes(out, inp, g, isa);
+    let task = |(out, inp): (&mut [f32], &[f32])| pool_planes(out, inp, g);
     if out.len() >= TASK_MIN {
         out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(task);
     } else {
@@ -54,47 +52,34 @@ struct PoolGeometry {
     padding: usize,
 }
 
-/// Max-pools whole planes of `inp` into `out`, compiled for the widest SIMD the CPU has.
-fn pool_planes(out: &mut [f32], inp: &[f32], g: PoolGeometry, isa: simd::Isa) {
-    #[inline(always)]
-    fn generic(out: &mut [f32], inp: &[f32], g: PoolGeometry) {
-        let PoolGeometry { h, w, ho, wo, kernel, stride, padding } = g;
-        // Separable: the max over a k×k window is the max over k rows of the row-wise maxima.
-        let mut rows = vec![f32::NEG_INFINITY; h * wo];
-        for (out, inp) in out.chunks_mut(ho * wo).zip(inp.chunks(h * w)) {
-            rows.fill(f32::NEG_INFINITY);
-            for (dst, src) in rows.chunks_mut(wo).zip(inp.chunks(w)) {
-                max_taps(dst, src, kernel, stride, padding);
-            }
-            out.fill(f32::NEG_INFINITY);
-            for (yo, dst) in out.chunks_mut(wo).enumerate() {
-                for ky in 0..kernel {
-                    let y = (yo * stride + ky).wrapping_sub(padding);
-                    if y < h {
-                        for (d, &s) in dst.iter_mut().zip(&rows[y * wo..(y + 1) * wo]) {
-                            *d = if s > *d { s } else { *d };
-                        }
+/// Max-pools whole planes of `inp` into `out`.
+///
+/// Deliberately compiled for the baseline target only: the rows are short (20 wide in YOLO26's SPPF),
+/// and an AVX-512 build of these loops measured 3× slower (one 16-lane step, then scalar tails).
+fn pool_planes(out: &mut [f32], inp: &[f32], g: PoolGeometry) {
+    let PoolGeometry { h, w, ho, wo, kernel, stride, padding } = g;
+    // Separable: the max over a k×k window is the max over k rows of the row-wise maxima.
+    let mut rows = vec![f32::NEG_INFINITY; h * wo];
+    for (out, inp) in out.chunks_mut(ho * wo).zip(inp.chunks(h * w)) {
+        rows.fill(f32::NEG_INFINITY);
+        for (dst, src) in rows.chunks_mut(wo).zip(inp.chunks(w)) {
+            max_taps(dst, src, kernel, stride, padding);
+        }
+        out.fill(f32::NEG_INFINITY);
+        for (yo, dst) in out.chunks_mut(wo).enumerate() {
+            for ky in 0..kernel {
+                let y = (yo * stride + ky).wrapping_sub(padding);
+                if y < h {
+                    for (d, &s) in dst.iter_mut().zip(&rows[y * wo..(y + 1) * wo]) {
+                        *d = if s > *d { s } else { *d };
                     }
                 }
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(out: &mut [f32], inp: &[f32], g: PoolGeometry) {
-        generic(out, inp, g)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == simd::Isa::Avx512 {
-        // SAFETY: `isa` never exceeds what the CPU was detected to support.
-        return unsafe { avx512(out, inp, g) };
-    }
-    let _ = isa;
-    generic(out, inp, g)
 }
 
 /// `dst[o] = max(dst[o], src[o*stride - padding + t])` over taps `t < kernel` that fall inside `src`.
-#[inline(always)]
 fn max_taps(dst: &mut [f32], src: &[f32], kernel: usize, stride: usize, padding: usize) {
     let len = src.len();
     for t in 0..kernel {
