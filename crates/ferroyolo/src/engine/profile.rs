@@ -53,7 +53,7 @@ impl Span {
 pub fn profile_report() -> String {
     let table = TABLE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let mut rows: Vec<_> = table.into_iter().collect();
-    rows.sort_by(|a, b| b.1.nanos.cmp(&a.1.nanos));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.nanos));
     let total: u128 = rows.iter().map(|r| r.1.nanos).sum::<u128>().max(1);
     let mut out = format!("{:<44} {:>6} {:>10} {:>9} {:>8} {:>6}\n", "call", "calls", "total ms", "mean ms", "GFLOP/s", "%");
     for (what, e) in &rows {
