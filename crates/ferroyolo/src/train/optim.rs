@@ -1,1 +1,0 @@
-//! Optimizers (SGD, AdamW, MuSGD), parameter groups, learning-rate schedules, warmup and EMA.
