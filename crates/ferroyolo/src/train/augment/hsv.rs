@@ -72,7 +72,8 @@ pub fn hsv_to_rgb(hsv: [u8; 3]) -> [u8; 3] {
     let s = hsv[1] as f32 * (1.0f32 / 255.0);
     let v = hsv[2] as f32 * (1.0f32 / 255.0);
     let mut h = hsv[0] as f32 * (6.0f32 / 180.0);
-    let pre = h.trunc();
+    // `as i32` truncates like `trunc` (h is never negative) without a library call.
+    let pre = (h as i32) as f32;
     h -= pre;
     let tab0 = v;
     let tab1 = v * (1.0 - s);
@@ -81,7 +82,7 @@ pub fn hsv_to_rgb(hsv: [u8; 3]) -> [u8; 3] {
     let one_minus = |a: f32, b: f32| (1.0 - a as f64 * b as f64) as f32;
     let tab2 = v * one_minus(s, h);
     let tab3 = v * one_minus(s, 1.0 - h);
-    let sector = pre - (pre * (1.0f32 / 6.0)).trunc() * 6.0;
+    let sector = pre - ((pre * (1.0f32 / 6.0)) as i32) as f32 * 6.0;
     let (r, g, b) = if sector < 1.0 {
         (tab0, tab3, tab1)
     } else if sector < 2.0 {
@@ -105,15 +106,12 @@ pub fn hsv_to_rgb(hsv: [u8; 3]) -> [u8; 3] {
 /// value scaled by `1 + ds` and `1 + dv`, clipped and truncated to 8 bits. Saturation 0 stays 0
 /// so that greys (white in particular) keep no hue.
 pub fn luts(r: [f64; 3]) -> [[u8; 256]; 3] {
-    let mut out = [[0u8; 256]; 3];
-    for x in 0..256 {
-        let xf = x as f64;
-        out[0][x] = (xf + r[0] * 180.0).rem_euclid(180.0) as u8;
-        out[1][x] = (xf * (r[1] + 1.0)).clamp(0.0, 255.0) as u8;
-        out[2][x] = (xf * (r[2] + 1.0)).clamp(0.0, 255.0) as u8;
-    }
-    out[1][0] = 0;
-    out
+    // Float to u8 casts truncate, as numpy's `astype(uint8)` does on these non-negative values.
+    let hue = std::array::from_fn(|x| (x as f64 + r[0] * 180.0).rem_euclid(180.0) as u8);
+    let mut sat: [u8; 256] = std::array::from_fn(|x| (x as f64 * (r[1] + 1.0)).clamp(0.0, 255.0) as u8);
+    let val = std::array::from_fn(|x| (x as f64 * (r[2] + 1.0)).clamp(0.0, 255.0) as u8);
+    sat[0] = 0;
+    [hue, sat, val]
 }
 
 /// Applies `RandomHSV` with gains `r = [dh, ds, dv]`: RGB to HSV, the three [`luts`], back to RGB.
@@ -211,11 +209,10 @@ mod tests {
     #[test]
     fn lookup_tables_follow_the_reference() {
         let t = luts([0.0, 0.0, 0.0]);
-        for x in 0..256 {
-            assert_eq!(t[0][x] as usize, x % 180);
-            assert_eq!(t[1][x] as usize, x);
-            assert_eq!(t[2][x] as usize, x);
-        }
+        let identity: Vec<u8> = (0..=255).collect();
+        assert_eq!(t[0].to_vec(), identity.iter().map(|&x| x % 180).collect::<Vec<u8>>());
+        assert_eq!(t[1].to_vec(), identity);
+        assert_eq!(t[2].to_vec(), identity);
         // Hue shifts wrap within 0..180 both ways; saturation and value scale, clip and truncate.
         let t = luts([-0.1, 0.5, -0.25]);
         assert_eq!(t[0][0], 162); // (0 - 18) mod 180
