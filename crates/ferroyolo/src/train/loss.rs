@@ -4,8 +4,8 @@
 //! to 10 anchors) and a one-to-one head (one anchor per ground truth, the head used for NMS-free
 //! inference). Each head gets the same per-branch loss, with its own assigner settings:
 //!
-//! 1. A task-aligned assigner ([`assign`]) picks positive anchors and soft class targets from the
-//!    current predictions. It is a constant for differentiation.
+//! 1. A task-aligned assigner picks positive anchors and soft class targets from the current
+//!    predictions. It is a constant for differentiation.
 //! 2. Class loss: binary cross-entropy with logits against the soft targets, over every anchor and
 //!    class, divided by the sum of the soft targets (at least 1).
 //! 3. Box loss: `1 − CIoU` of each positive anchor's box, weighted by its soft target.
@@ -18,9 +18,12 @@
 //! from 0.8 to 0.1 over training ([`o2m_weight`]).
 //!
 //! Gradients are the exact derivative of that total with the reference's detachments: the
-//! assignment and soft targets are constants, and so is CIoU's aspect-ratio weight `α`. The
-//! differentiable part runs in f64 (it is cheap, and makes the gradient finite-difference
-//! checkable); the assigner runs in f32 so its discrete decisions follow the reference's rounding.
+//! assignment and soft targets are constants, and so is CIoU's aspect-ratio weight `α`.
+//!
+//! Precision: the assigner runs in f32 in the reference's order of operations, so its discrete
+//! decisions follow the reference's rounding. The box and L1 terms (few anchors) run in f64. The
+//! class term's values follow the reference's f32 formula, whose rounding measurably lowers the
+//! loss of a confident model (see `bce_with_logits`); sums are accumulated in f64.
 
 mod assign;
 mod ciou;
@@ -29,6 +32,7 @@ mod tests;
 
 use crate::model::HeadOutput;
 use assign::{AssignerSpec, Assignment, GtBox};
+use ciou::Real;
 use rayon::prelude::*;
 
 /// Loss gains and the current one-to-many branch weight.
@@ -199,13 +203,31 @@ fn small_target_side(anchor_strides: &[f32]) -> f32 {
     levels.get(1).or(levels.first()).copied().unwrap_or(0.0)
 }
 
+/// Binary cross-entropy of logit `x` against target `t` and its derivative `σ(x) − t`, in the
+/// reference's form and precision: `(1 − t)·x − log σ(x)` with `log σ(x) = min(x, 0) − ln(1 + e^−|x|)`.
+///
+/// In f32 the value cancels badly for confident negatives (x = −15 gives exactly 0 rather than
+/// 3e-7); over hundreds of thousands of background scores that lowers a well-trained model's class
+/// loss by a few 1e-4 relative. It is kept so the reported loss matches the reference's; the
+/// derivative does not suffer from it.
+fn bce_with_logits<T: Real>(x: T, t: T) -> (T, T) {
+    let (zero, one) = (T::lit(0.0), T::lit(1.0));
+    let negative = x < zero;
+    let e = (if negative { x } else { zero - x }).exp();
+    let log_sigmoid = ciou::min(x, zero) - e.ln_1p();
+    let sigmoid = if negative { e / (one + e) } else { one / (one + e) };
+    ((one - t) * x - log_sigmoid, sigmoid - t)
+}
+
 /// One branch's loss values and gradient.
 struct BranchTerms {
     /// Gain-weighted box, class and L1 losses (not multiplied by batch).
     values: [f64; 3],
     grad_boxes: Vec<f32>,
     grad_logits: Vec<f32>,
-    /// CIoU's `α` of each foreground anchor, in (image, anchor) order.
+    /// CIoU's `α` of each foreground anchor, in (image, anchor) order: the finite-difference test
+    /// freezes them, as the reference's autograd does.
+    #[cfg_attr(not(test), allow(dead_code))]
     alphas: Vec<f64>,
 }
 
@@ -221,7 +243,7 @@ impl BranchTerms {
 /// (branch weight × batch). `frozen_alphas` (tests only) replaces CIoU's `α` per foreground
 /// anchor, so the value is the function whose derivative the gradient is.
 #[allow(clippy::too_many_arguments)]
-fn branch_terms<T: Copy + Into<f64> + Sync>(
+fn branch_terms<T: Real>(
     head: &HeadOutput,
     boxes: &[T],
     logits: &[T],
@@ -247,13 +269,10 @@ fn branch_terms<T: Copy + Into<f64> + Sync>(
             let mut sum = 0.0f64;
             for (a, (g, &x)) in grad.iter_mut().zip(x).enumerate() {
                 let i = n * na + a;
-                let t = if assignment.fg[i] && assignment.class[i] == c { assignment.score[i] as f64 } else { 0.0 };
-                let x: f64 = x.into();
-                // BCE-with-logits = max(x, 0) − t·x + ln(1 + e^−|x|), free of cancellation.
-                let e = (-x.abs()).exp();
-                sum += x.max(0.0) - t * x + e.ln_1p();
-                let sigmoid = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-                *g = ((sigmoid - t) * cls_scale) as f32;
+                let t = if assignment.fg[i] && assignment.class[i] == c { assignment.score[i] } else { 0.0 };
+                let (value, slope) = bce_with_logits(x, T::lit(t as f64));
+                sum += value.into();
+                *g = (slope.into() * cls_scale) as f32;
             }
             sum
         })

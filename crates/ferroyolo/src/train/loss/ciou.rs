@@ -14,14 +14,24 @@ pub(super) const EPS: f64 = 1e-7;
 /// `4 / π²`, the scale of the aspect-ratio term `v`.
 const ASPECT_SCALE: f64 = 4.0 / (std::f64::consts::PI * std::f64::consts::PI);
 
-/// The float operations the CIoU forward needs, so one body serves f32 (the assigner, where rounding
-/// must follow the reference's f32 tensors) and f64 (the loss, where accuracy is cheap).
-pub(super) trait Real:
-    Copy + PartialOrd + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+/// The float operations the loss needs in the reference's own precision, so one body serves f32
+/// (where rounding must follow the reference's f32 tensors) and f64 (tests, where accuracy is cheap).
+pub(in crate::train::loss) trait Real:
+    Copy
+    + PartialOrd
+    + Into<f64>
+    + Send
+    + Sync
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
 {
     /// A constant, rounded to this type the way a Python scalar meets a tensor of this dtype.
     fn lit(x: f64) -> Self;
     fn atan(self) -> Self;
+    fn exp(self) -> Self;
+    fn ln_1p(self) -> Self;
 }
 
 impl Real for f32 {
@@ -30,6 +40,12 @@ impl Real for f32 {
     }
     fn atan(self) -> Self {
         f32::atan(self)
+    }
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn ln_1p(self) -> Self {
+        f32::ln_1p(self)
     }
 }
 
@@ -40,9 +56,15 @@ impl Real for f64 {
     fn atan(self) -> Self {
         f64::atan(self)
     }
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn ln_1p(self) -> Self {
+        f64::ln_1p(self)
+    }
 }
 
-fn min<R: Real>(a: R, b: R) -> R {
+pub(in crate::train::loss) fn min<R: Real>(a: R, b: R) -> R {
     if b < a {
         b
     } else {

@@ -331,6 +331,30 @@ fn without_targets_only_the_class_loss_remains() {
     assert!(out.grad_o2m_boxes.iter().chain(&out.grad_o2o_boxes).all(|&g| g == 0.0));
 }
 
+/// The class loss's f32 values, rounding included, against the reference's: produced with torch
+/// 2.15 CPU by `F.binary_cross_entropy_with_logits(x, t, reduction="none")` for
+/// `x = [-15, -14, -12.3, -9.1, 3, 20]` and `t` = 0, 0.3, 1.
+#[test]
+fn class_loss_rounds_like_the_reference() {
+    let x = [-15.0f32, -14.0, -12.3, -9.1, 3.0, 20.0];
+    // The f32 results as Python printed them (exact in f64).
+    let want: [[f64; 6]; 3] = [
+        [0.0, 9.5367431640625e-07, 4.76837158203125e-06, 0.00011157989501953125, 3.0485873222351074, 20.0],
+        [4.5, 4.200000762939453, 3.690005302429199, 2.730111598968506, 2.148587226867676, 14.0],
+        [15.0, 14.000000953674316, 12.300004959106445, 9.100111961364746, 0.04858735203742981, 2.06115369216775e-09],
+    ];
+    for (t, want) in [0.0f32, 0.3, 1.0].into_iter().zip(want) {
+        for (&x, want) in x.iter().zip(want) {
+            let (value, slope) = bce_with_logits(x, t);
+            // Within an ulp (the exponential and logarithm may round differently from torch's).
+            let want = want as f32;
+            assert!((value - want).abs() <= f32::EPSILON * want.abs(), "x {x}, t {t}: {value} vs {want}");
+            let sigmoid = 1.0 / (1.0 + (-x as f64).exp());
+            assert!((slope as f64 - (sigmoid - t as f64)).abs() < 1e-7);
+        }
+    }
+}
+
 #[test]
 fn branch_weight_schedule() {
     assert_eq!(o2m_weight(0, 100), 0.8);
