@@ -53,6 +53,21 @@ impl ConvBn {
         Ok(Self { weight, bn, act, folded })
     }
 
+    /// A layer from its parts (weight `[c2, c1/groups, k, k]`, padding `k / 2` as Ultralytics'
+    /// `autopad`), folded for inference.
+    ///
+    /// # Errors
+    /// If the weight or BatchNorm lengths do not fit the shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(c1: usize, c2: usize, k: usize, s: usize, groups: usize, weight: Vec<f32>, bn: BatchNorm, act: Activation) -> Result<Self> {
+        if [&bn.weight, &bn.bias, &bn.running_mean, &bn.running_var].iter().any(|v| v.len() != c2) {
+            bail!("ConvBn: BatchNorm vectors must have {c2} values");
+        }
+        let (w, b) = fold_batchnorm(&weight, &bn);
+        let folded = Conv2d::new(c1, c2, k, s, k / 2, groups, w, Some(b))?;
+        Ok(Self { weight, bn, act, folded })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.folded.forward(x, self.act)
     }
@@ -60,6 +75,15 @@ impl ConvBn {
     /// The folded inference convolution.
     pub fn folded(&self) -> &Conv2d {
         &self.folded
+    }
+
+    /// Rebuilds the folded inference convolution from the raw weight and the BatchNorm parameters
+    /// and running statistics (after training changed them).
+    pub fn refold(&mut self) {
+        let f = &self.folded;
+        let (w, b) = fold_batchnorm(&self.weight, &self.bn);
+        self.folded = Conv2d::new(f.in_channels(), f.out_channels(), f.kernel(), f.stride(), f.padding(), f.groups(), w, Some(b))
+            .expect("refold keeps the layer's shape");
     }
 
     /// Output spatial size for an input of `h × w`.
@@ -92,14 +116,25 @@ pub fn fold_batchnorm(weight: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
 /// Plain Conv2d with bias (the last 1×1 convolution of each Detect branch).
 #[derive(Clone, Debug)]
 pub struct BiasConv {
+    /// The convolution inference runs (rebuilt from `weight` and `bias` by [`BiasConv::refold`]).
     pub conv: Conv2d,
+    /// Weight `[c2, c1, 1, 1]` and bias `[c2]` as trainable parameters.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 impl BiasConv {
     fn load(ws: &mut dyn WeightStore, prefix: &str, c1: usize, c2: usize) -> Result<Self> {
         let w = ws.take(&format!("{prefix}.weight"), &[c2, c1, 1, 1])?;
         let b = ws.take(&format!("{prefix}.bias"), &[c2])?;
-        Ok(Self { conv: Conv2d::new(c1, c2, 1, 1, 0, 1, w, Some(b))? })
+        Ok(Self { conv: Conv2d::new(c1, c2, 1, 1, 0, 1, w.clone(), Some(b.clone()))?, weight: w, bias: b })
+    }
+
+    /// Rebuilds the inference convolution from `weight` and `bias` (after training changed them).
+    pub fn refold(&mut self) {
+        let c = &self.conv;
+        self.conv = Conv2d::new(c.in_channels(), c.out_channels(), 1, 1, 0, 1, self.weight.clone(), Some(self.bias.clone()))
+            .expect("refold keeps the layer's shape");
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {

@@ -1,0 +1,690 @@
+//! Backward (gradient) kernels for training, one per forward operation YOLO26 uses.
+//!
+//! The forward kernels are inference-shaped (BatchNorm folded, activations fused); training needs
+//! the unfolded pieces and their derivatives:
+//!
+//! * [`conv2d_backward`]: gradients of a convolution (no bias, or with bias) with respect to its
+//!   input, weight and bias, for any groups (depthwise included), stride and padding. Dense groups
+//!   use im2col + `gemm`; depthwise runs a direct per-channel loop.
+//! * [`channel_stats`], [`batch_norm_act`], [`batch_norm_act_backward`], [`update_running_stats`]:
+//!   BatchNorm2d in training mode (batch statistics) or eval mode (running statistics), fused with
+//!   the following activation, and its backward.
+//! * [`silu_backward`], [`max_pool2d_backward`], [`upsample_nearest_backward`], [`add_channels`]
+//!   (concat / split backward), [`attention_backward`].
+//!
+//! A convolution's input is described by [`Planes`]: per image, one `h × w` slice per input channel,
+//! so a convolution over a channel concatenation (or a channel range of a tensor) needs no copy,
+//! matching [`Conv2d::forward_parts`](super::Conv2d::forward_parts).
+//!
+//! Reductions over the batch (weight gradients, BatchNorm sums) run per thread and are summed at the
+//! end; BatchNorm statistics accumulate in `f64`, as PyTorch's CPU kernel does.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::conv::Activation;
+use super::tensor::Tensor;
+
+/// The input channels of a convolution: `n` images of `channels` planes of `h × w`, borrowed from
+/// channel ranges of one or more tensors (a channel concatenation that is never built).
+#[derive(Clone, Debug)]
+pub struct Planes<'a> {
+    pub n: usize,
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+    /// `n × channels` planes, image-major.
+    planes: Vec<&'a [f32]>,
+}
+
+impl<'a> Planes<'a> {
+    /// The concatenation of `parts` (each a tensor and a channel range of it), in order.
+    ///
+    /// # Panics
+    /// If there are no parts, they disagree in n, h or w, or a range is outside its tensor.
+    pub fn new(parts: &[(&'a Tensor, Range<usize>)]) -> Planes<'a> {
+        assert!(!parts.is_empty(), "Planes: no input");
+        let [n, _, h, w] = parts[0].0.shape();
+        for (t, r) in parts {
+            let [tn, tc, th, tw] = t.shape();
+            assert_eq!((tn, th, tw), (n, h, w), "Planes: parts differ in n, h or w");
+            assert!(r.start <= r.end && r.end <= tc, "Planes: channels {r:?} outside 0..{tc}");
+        }
+        let channels = parts.iter().map(|(_, r)| r.len()).sum();
+        let mut planes = Vec::with_capacity(n * channels);
+        for img in 0..n {
+            for (t, r) in parts {
+                planes.extend(r.clone().map(|c| t.plane(img, c)));
+            }
+        }
+        Planes { n, channels, h, w, planes }
+    }
+
+    /// All channels of one tensor.
+    pub fn of(t: &'a Tensor) -> Planes<'a> {
+        Planes::new(&[(t, 0..t.shape()[1])])
+    }
+
+    /// The planes of image `img`, one per channel.
+    pub fn image(&self, img: usize) -> &[&'a [f32]] {
+        &self.planes[img * self.channels..(img + 1) * self.channels]
+    }
+
+    /// Copies the planes into one tensor (`[n, channels, h, w]`).
+    pub fn to_tensor(&self) -> Tensor {
+        let mut data = Vec::with_capacity(self.planes.len() * self.h * self.w);
+        for p in &self.planes {
+            data.extend_from_slice(p);
+        }
+        Tensor::new([self.n, self.channels, self.h, self.w], data)
+    }
+}
+
+/// The hyper-parameters of a convolution (PyTorch semantics: cross-correlation, zero padding,
+/// dilation 1, square kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+impl ConvShape {
+    /// Output `(height, width)` for an input of `h × w`.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    /// Length of the weight tensor `[out, in/groups, k, k]`.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * (self.in_channels / self.groups) * self.kernel * self.kernel
+    }
+
+    fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
+    }
+}
+
+/// Which gradients a backward call should produce (the others are skipped, not just dropped:
+/// a frozen layer costs nothing, and the first layer never computes its input gradient).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    pub input: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// Gradients of one convolution; each is `None` when it was not asked for.
+#[derive(Debug, Default)]
+pub struct ConvGrads {
+    /// `[n, in_channels, h, w]`.
+    pub input: Option<Tensor>,
+    /// `[out, in/groups, k, k]`.
+    pub weight: Option<Vec<f32>>,
+    /// `[out]`.
+    pub bias: Option<Vec<f32>>,
+}
+
+thread_local! {
+    /// Per-thread im2col buffer, kept between calls so large layers do not fault in fresh pages.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+    r
+}
+
+/// A strided view of a matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// `c (m × n, row stride ldc) = [c +] a (m × k) · b (k × n)`, single-threaded (callers parallelise
+/// over images or heads, which keeps every thread busy without nested splitting).
+fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], ldc: usize, accumulate: bool, a: Mat, b: Mat) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, n, ldc, 1) < c.len(), "matmul: c out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(last(m, k, a.rs, a.cs) < a.data.len(), "matmul: a out of bounds");
+    assert!(last(k, n, b.rs, b.cs) < b.data.len(), "matmul: b out of bounds");
+    // SAFETY: the asserts above keep every index gemm touches inside its slice; `c` is borrowed
+    // mutably, so it aliases neither `a` nor `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Gradients of `y = conv(x, weight) [+ bias]` given `dy = ∂L/∂y` (`[n, out, ho, wo]`).
+///
+/// # Panics
+/// If the shapes disagree with `shape`.
+pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor, needs: Needs) -> ConvGrads {
+    let (n, h, w) = (x.n, x.h, x.w);
+    let (ho, wo) = shape.output_size(h, w);
+    assert_eq!(x.channels, shape.in_channels, "conv2d_backward: input channels");
+    assert_eq!(dy.shape(), [n, shape.out_channels, ho, wo], "conv2d_backward: dy shape");
+    assert_eq!(weight.len(), shape.weight_len(), "conv2d_backward: weight length");
+    let bias = needs.bias.then(|| bias_grad(dy));
+    let mut input = needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]));
+    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut() {
+        Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
+        None => (0..n).map(|_| None).collect(),
+    };
+    let weight_grad = if shape.is_depthwise() {
+        depthwise_backward(shape, x, weight, dy, chunks, needs.weight)
+    } else if needs.input || needs.weight {
+        let wlen = weight.len();
+        chunks
+            .into_par_iter()
+            .enumerate()
+            .fold(
+                || needs.weight.then(|| vec![0.0f32; wlen]),
+                |mut acc, (img, dx)| {
+                    dense_image(shape, x, img, weight, dy, dx, acc.as_deref_mut());
+                    acc
+                },
+            )
+            .reduce(|| None, sum_opt)
+    } else {
+        None
+    };
+    ConvGrads { input, weight: weight_grad, bias }
+}
+
+fn sum_opt(a: Option<Vec<f32>>, b: Option<Vec<f32>>) -> Option<Vec<f32>> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            Some(a)
+        }
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// `Σ dy` per output channel.
+fn bias_grad(dy: &Tensor) -> Vec<f32> {
+    let [n, c, _, _] = dy.shape();
+    (0..c)
+        .map(|ch| (0..n).map(|img| dy.plane(img, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32)
+        .collect()
+}
+
+/// One image of a dense (or grouped) convolution: `dW += dY · colᵀ`, `dX = col2im(Wᵀ · dY)`.
+fn dense_image(shape: ConvShape, x: &Planes, img: usize, weight: &[f32], dy: &Tensor, dx: Option<&mut [f32]>, mut dw: Option<&mut [f32]>) {
+    let (h, w) = (x.h, x.w);
+    let (ho, wo) = shape.output_size(h, w);
+    let npix = ho * wo;
+    let (k, s, p, g) = (shape.kernel, shape.stride, shape.padding, shape.groups);
+    let (cin_g, cout_g) = (shape.in_channels / g, shape.out_channels / g);
+    let kk = cin_g * k * k;
+    let direct = k == 1 && s == 1 && p == 0;
+    let planes = x.image(img);
+    let dy_img = dy.image(img);
+    let mut dx = dx;
+    for grp in 0..g {
+        let xs = &planes[grp * cin_g..(grp + 1) * cin_g];
+        let dyg = Mat { data: &dy_img[grp * cout_g * npix..(grp + 1) * cout_g * npix], rs: npix, cs: 1 };
+        let wg = &weight[grp * cout_g * kk..(grp + 1) * cout_g * kk];
+        // Wᵀ as a (kk × cout_g) view of the row-major weight block.
+        let wt = Mat { data: wg, rs: 1, cs: kk };
+        if direct {
+            if let Some(dw) = dw.as_deref_mut() {
+                let dwg = &mut dw[grp * cout_g * kk..(grp + 1) * cout_g * kk];
+                // One gemm per run of planes that are consecutive in memory (one part of the input).
+                let mut c0 = 0;
+                while c0 < cin_g {
+                    let mut len = 1;
+                    while c0 + len < cin_g && std::ptr::eq(xs[c0 + len].as_ptr(), xs[c0].as_ptr().wrapping_add(len * npix)) {
+                        len += 1;
+                    }
+                    // SAFETY: the run check above proved planes c0..c0+len are one contiguous
+                    // block of `len · npix` floats inside the same tensor.
+                    let run = unsafe { std::slice::from_raw_parts(xs[c0].as_ptr(), len * npix) };
+                    matmul(cout_g, len, npix, &mut dwg[c0..], kk, true, dyg, Mat { data: run, rs: 1, cs: npix });
+                    c0 += len;
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let dxg = &mut dx[grp * cin_g * npix..(grp + 1) * cin_g * npix];
+                matmul(cin_g, npix, cout_g, dxg, npix, false, wt, dyg);
+            }
+            continue;
+        }
+        with_scratch(kk * npix, |col| {
+            if let Some(dw) = dw.as_deref_mut() {
+                im2col(xs, h, w, ho, wo, k, s, p, col);
+                let dwg = &mut dw[grp * cout_g * kk..(grp + 1) * cout_g * kk];
+                matmul(cout_g, kk, npix, dwg, kk, true, dyg, Mat { data: col, rs: 1, cs: npix });
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                matmul(kk, npix, cout_g, col, npix, false, wt, dyg);
+                col2im(col, &mut dx[grp * cin_g * h * w..(grp + 1) * cin_g * h * w], h, w, ho, wo, k, s, p);
+            }
+        });
+    }
+}
+
+/// `col[(ci·k + ky)·k + kx][yo·wo + xo] = x[ci][yo·s + ky − p][xo·s + kx − p]` (0 outside).
+#[allow(clippy::too_many_arguments)]
+fn im2col(planes: &[&[f32]], h: usize, w: usize, ho: usize, wo: usize, k: usize, s: usize, p: usize, col: &mut [f32]) {
+    for (t, dst) in col.chunks_mut(ho * wo).enumerate().take(planes.len() * k * k) {
+        let (plane, ky, kx) = (planes[t / (k * k)], t / k % k, t % k);
+        let (x0, x1) = valid_range(kx, s, p, w, wo);
+        for (yo, row) in dst.chunks_mut(wo).enumerate() {
+            let y = (yo * s + ky).wrapping_sub(p);
+            if y >= h {
+                row.fill(0.0);
+                continue;
+            }
+            row[..x0].fill(0.0);
+            row[x1.max(x0)..].fill(0.0);
+            let src = &plane[y * w..(y + 1) * w];
+            for (xo, d) in row.iter_mut().enumerate().take(x1).skip(x0) {
+                *d = src[xo * s + kx - p];
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was read from.
+#[allow(clippy::too_many_arguments)]
+fn col2im(col: &[f32], dx: &mut [f32], h: usize, w: usize, ho: usize, wo: usize, k: usize, s: usize, p: usize) {
+    for (t, src) in col.chunks(ho * wo).enumerate().take(dx.len() / (h * w) * k * k) {
+        let (ci, ky, kx) = (t / (k * k), t / k % k, t % k);
+        let plane = &mut dx[ci * h * w..(ci + 1) * h * w];
+        let (x0, x1) = valid_range(kx, s, p, w, wo);
+        for (yo, row) in src.chunks(wo).enumerate() {
+            let y = (yo * s + ky).wrapping_sub(p);
+            if y >= h {
+                continue;
+            }
+            let dst = &mut plane[y * w..(y + 1) * w];
+            for xo in x0..x1 {
+                dst[xo * s + kx - p] += row[xo];
+            }
+        }
+    }
+}
+
+/// Output columns `xo` whose tap `kx` reads inside the input (`0 ≤ xo·s + kx − p < w`).
+fn valid_range(kx: usize, s: usize, p: usize, w: usize, wo: usize) -> (usize, usize) {
+    let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+    let hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(wo) } else { 0 };
+    (lo, hi.max(lo))
+}
+
+/// Depthwise convolution backward: one task per channel, looping over the images (so the weight
+/// gradient of a channel needs no cross-thread reduction).
+fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor, dx: Vec<Option<&mut [f32]>>, need_weight: bool) -> Option<Vec<f32>> {
+    let (n, c, h, w) = (x.n, x.channels, x.h, x.w);
+    let (k, s, p) = (shape.kernel, shape.stride, shape.padding);
+    let (ho, wo) = shape.output_size(h, w);
+    let hw = h * w;
+    // Regroup the per-image input-gradient slices by channel.
+    let mut per_ch: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    for img_dx in dx.into_iter().flatten() {
+        for (ch, plane) in img_dx.chunks_mut(hw).enumerate() {
+            per_ch[ch].push(plane);
+        }
+    }
+    let mut dw = vec![0.0f32; if need_weight { weight.len() } else { 0 }];
+    let mut dw_chunks: Vec<Option<&mut [f32]>> = if need_weight { dw.chunks_mut(k * k).map(Some).collect() } else { (0..c).map(|_| None).collect() };
+    per_ch.par_iter_mut().zip(dw_chunks.par_iter_mut()).enumerate().for_each(|(ch, (dxs, dwc))| {
+        let wc = &weight[ch * k * k..(ch + 1) * k * k];
+        for img in 0..n {
+            let xp = x.image(img)[ch];
+            let dyp = dy.plane(img, ch);
+            let mut dxp = dxs.get_mut(img);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let (x0, x1) = valid_range(kx, s, p, w, wo);
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    let wv = wc[ky * k + kx];
+                    let mut acc = 0.0f32;
+                    for yo in 0..ho {
+                        let y = (yo * s + ky).wrapping_sub(p);
+                        if y >= h {
+                            continue;
+                        }
+                        let dyr = &dyp[yo * wo + x0..yo * wo + x1];
+                        let start = y * w + x0 * s + kx - p;
+                        if s == 1 {
+                            let xr = &xp[start..start + dyr.len()];
+                            acc += dyr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>();
+                            if let Some(d) = dxp.as_deref_mut() {
+                                d[start..start + dyr.len()].iter_mut().zip(dyr).for_each(|(d, g)| *d += wv * g);
+                            }
+                        } else {
+                            for (i, g) in dyr.iter().enumerate() {
+                                acc += g * xp[start + i * s];
+                                if let Some(d) = dxp.as_deref_mut() {
+                                    d[start + i * s] += wv * g;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(dwc) = dwc.as_deref_mut() {
+                        dwc[ky * k + kx] += acc;
+                    }
+                }
+            }
+        }
+    });
+    need_weight.then_some(dw)
+}
+
+/// Splits a tensor into per-channel groups of its planes (one `Vec` per channel, one plane per
+/// image), so channel-wise reductions can run in parallel over channels.
+fn planes_by_channel(t: &mut Tensor) -> Vec<Vec<&mut [f32]>> {
+    let [n, c, h, w] = t.shape();
+    let mut per_ch: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    for (i, plane) in t.data_mut().chunks_mut((h * w).max(1)).enumerate() {
+        per_ch[i % c].push(plane);
+    }
+    per_ch
+}
+
+/// Per-channel mean and biased variance of `z` over batch and space (two passes, `f64` sums).
+pub fn channel_stats(z: &Tensor) -> (Vec<f32>, Vec<f32>) {
+    let [n, c, h, w] = z.shape();
+    let count = (n * h * w) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mean = (0..n).map(|i| z.plane(i, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / count;
+            let var = (0..n)
+                .map(|i| z.plane(i, ch).iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                / count;
+            (mean as f32, var as f32)
+        })
+        .unzip()
+}
+
+/// BatchNorm's running-statistics update (PyTorch): `r ← (1 − m)·r + m·batch`, with the unbiased
+/// variance (`var · count / (count − 1)`) for the running variance.
+pub fn update_running_stats(running_mean: &mut [f32], running_var: &mut [f32], mean: &[f32], var: &[f32], count: usize, momentum: f32) {
+    let unbias = if count > 1 { count as f32 / (count - 1) as f32 } else { 1.0 };
+    for (r, &m) in running_mean.iter_mut().zip(mean) {
+        *r = (1.0 - momentum) * *r + momentum * m;
+    }
+    for (r, &v) in running_var.iter_mut().zip(var) {
+        *r = (1.0 - momentum) * *r + momentum * v * unbias;
+    }
+}
+
+/// `act(γ·(z − mean)·invstd + β)` per channel.
+pub fn batch_norm_act(z: &Tensor, mean: &[f32], invstd: &[f32], gamma: &[f32], beta: &[f32], act: Activation) -> Tensor {
+    let [_, c, h, w] = z.shape();
+    let mut out = z.clone();
+    out.data_mut().par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, plane)| {
+        let ch = i % c;
+        let (m, scale, b) = (mean[ch], invstd[ch] * gamma[ch], beta[ch]);
+        for v in plane.iter_mut() {
+            let y = (*v - m) * scale + b;
+            *v = match act {
+                Activation::Identity => y,
+                Activation::Silu => y / (1.0 + (-y).exp()),
+            };
+        }
+    });
+    out
+}
+
+/// `d act(y)/dy`.
+#[inline]
+fn act_grad(y: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Identity => 1.0,
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-y).exp());
+            s * (1.0 + y * (1.0 - s))
+        }
+    }
+}
+
+/// SiLU backward: `dx = dy · σ(x)·(1 + x·(1 − σ(x)))`, with `x` the SiLU input.
+pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Tensor {
+    assert_eq!(x.shape(), dy.shape(), "silu_backward: shape mismatch");
+    let mut dx = dy.clone();
+    dx.data_mut().par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, x)| {
+        d.iter_mut().zip(x).for_each(|(d, &x)| *d *= act_grad(x, Activation::Silu));
+    });
+    dx
+}
+
+/// Gradients of BatchNorm (+ activation) with respect to its input and affine parameters.
+#[derive(Debug)]
+pub struct BatchNormGrads {
+    /// `∂L/∂z`, same shape as `z`.
+    pub input: Tensor,
+    /// `∂L/∂γ` and `∂L/∂β` (per channel).
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// Backward of `a = act(γ·(z − mean)·invstd + β)` given `da`.
+///
+/// `batch_stats`: the forward normalised with the batch's own statistics (training mode), so the
+/// gradient also flows through the mean and variance:
+/// `dz = γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`. Otherwise (eval mode, running statistics)
+/// `dz = γ·invstd·dy`. `z` and `da` are consumed: their buffers become `dz` and `dy`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act_backward(
+    mut z: Tensor,
+    mut da: Tensor,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Activation,
+    batch_stats: bool,
+) -> BatchNormGrads {
+    assert_eq!(z.shape(), da.shape(), "batch_norm_act_backward: shape mismatch");
+    let [n, _, h, w] = z.shape();
+    let count = (n * h * w) as f64;
+    let mut zs = planes_by_channel(&mut z);
+    let mut ds = planes_by_channel(&mut da);
+    let sums: Vec<(f32, f32)> = zs
+        .par_iter_mut()
+        .zip(ds.par_iter_mut())
+        .enumerate()
+        .map(|(ch, (zp, dp))| {
+            let (m, is, g, b) = (mean[ch], invstd[ch], gamma[ch], beta[ch]);
+            // Pass 1: dy = da·act'(y) in place of da; Σ dy and Σ dy·x̂.
+            let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
+            for (zp, dp) in zp.iter().zip(dp.iter_mut()) {
+                let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                for (&zv, d) in zp.iter().zip(dp.iter_mut()) {
+                    let xhat = (zv - m) * is;
+                    let dy = *d * act_grad(g * xhat + b, act);
+                    *d = dy;
+                    s1 += dy;
+                    s2 += dy * xhat;
+                }
+                sum_dy += s1 as f64;
+                sum_dyx += s2 as f64;
+            }
+            // Pass 2: dz in place of z.
+            let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
+            let gi = g * is;
+            for (zp, dp) in zp.iter_mut().zip(dp.iter()) {
+                for (zv, &dy) in zp.iter_mut().zip(dp.iter()) {
+                    *zv = if batch_stats { gi * (dy - mdy - (*zv - m) * is * mdyx) } else { gi * dy };
+                }
+            }
+            (sum_dyx as f32, sum_dy as f32)
+        })
+        .collect();
+    drop((zs, ds));
+    let (gamma_grad, beta_grad) = sums.into_iter().unzip();
+    BatchNormGrads { input: z, gamma: gamma_grad, beta: beta_grad }
+}
+
+/// Max-pool backward (PyTorch semantics): each output's gradient goes to the first maximum of its
+/// window in row-major order; padding never wins. `x` is the pool's input.
+pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
+    let [n, c, h, w] = x.shape();
+    let (ho, wo) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+    assert_eq!(dy.shape(), [n, c, ho, wo], "max_pool2d_backward: dy shape");
+    let mut dx = Tensor::zeros([n, c, h, w]);
+    dx.data_mut().par_chunks_mut(h * w).zip(x.data().par_chunks(h * w)).zip(dy.data().par_chunks(ho * wo)).for_each(|((dxp, xp), dyp)| {
+        for yo in 0..ho {
+            for xo in 0..wo {
+                let mut best = usize::MAX;
+                let mut best_v = f32::NEG_INFINITY;
+                for ky in 0..kernel {
+                    let y = (yo * stride + ky).wrapping_sub(padding);
+                    if y >= h {
+                        continue;
+                    }
+                    for kx in 0..kernel {
+                        let xx = (xo * stride + kx).wrapping_sub(padding);
+                        if xx >= w {
+                            continue;
+                        }
+                        let v = xp[y * w + xx];
+                        // Strictly greater: the first maximum wins (NaN always wins, as in PyTorch).
+                        if best == usize::MAX || v > best_v || v.is_nan() {
+                            best = y * w + xx;
+                            best_v = v;
+                        }
+                    }
+                }
+                if best != usize::MAX {
+                    dxp[best] += dyp[yo * wo + xo];
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// Nearest-neighbour upsample backward: each input pixel collects the gradients of its
+/// `scale × scale` copies.
+pub fn upsample_nearest_backward(dy: &Tensor, scale: usize) -> Tensor {
+    let [n, c, ho, wo] = dy.shape();
+    let (h, w) = (ho / scale, wo / scale);
+    let mut dx = Tensor::zeros([n, c, h, w]);
+    dx.data_mut().par_chunks_mut(h * w).zip(dy.data().par_chunks(ho * wo)).for_each(|(dxp, dyp)| {
+        for (yo, row) in dyp.chunks(wo).enumerate() {
+            let dst = &mut dxp[(yo / scale) * w..(yo / scale + 1) * w];
+            for (xo, &g) in row.iter().enumerate() {
+                dst[xo / scale] += g;
+            }
+        }
+    });
+    dx
+}
+
+/// Adds `src` (`[n, cs, h, w]`) onto channels `offset..offset + cs` of `dst` (`[n, cd, h, w]`): the
+/// backward of a channel split (and, read the other way, of a concatenation).
+pub fn add_channels(dst: &mut Tensor, offset: usize, src: &Tensor) {
+    let [n, cd, h, w] = dst.shape();
+    let [sn, cs, sh, sw] = src.shape();
+    assert!(sn == n && sh == h && sw == w && offset + cs <= cd, "add_channels: {:?} at {offset} into {:?}", src.shape(), dst.shape());
+    let len = cs * h * w;
+    dst.data_mut().par_chunks_mut(cd * h * w).zip(src.data().par_chunks(len.max(1))).for_each(|(d, s)| {
+        d[offset * h * w..offset * h * w + len].iter_mut().zip(s).for_each(|(d, s)| *d += s);
+    });
+}
+
+/// Backward of [`attention`](super::attention)'s `out` (not its returned copy of `v`): the gradient
+/// with respect to the whole `qkv` tensor (`[B, heads·(2·key_dim + head_dim), H, W]`), given `dout`
+/// (`[B, heads·head_dim, H, W]`).
+///
+/// Per head, with `P = softmax_rows(scale·qᵀk)` recomputed (N × N is small next to the maps):
+/// `dV = dO·P`, `dP = dOᵀ·v`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dq = scale·k·dSᵀ`, `dk = scale·q·dS`.
+pub fn attention_backward(qkv: &Tensor, dout: &Tensor, heads: usize, key_dim: usize, head_dim: usize, scale: f32) -> Tensor {
+    let [b, c, h, w] = qkv.shape();
+    let per_head = 2 * key_dim + head_dim;
+    assert_eq!(c, heads * per_head, "attention_backward: qkv channels");
+    assert_eq!(dout.shape(), [b, heads * head_dim, h, w], "attention_backward: dout shape");
+    let n = h * w;
+    let mut dqkv = Tensor::zeros([b, c, h, w]);
+    dqkv.data_mut().par_chunks_mut(per_head * n).enumerate().for_each(|(task, dblock)| {
+        let (img, hd) = (task / heads, task % heads);
+        let block = &qkv.image(img)[hd * per_head * n..(hd + 1) * per_head * n];
+        let (q, rest) = block.split_at(key_dim * n);
+        let (k, v) = rest.split_at(key_dim * n);
+        let d_o = &dout.image(img)[hd * head_dim * n..(hd + 1) * head_dim * n];
+        let (dq, drest) = dblock.split_at_mut(key_dim * n);
+        let (dk, dv) = drest.split_at_mut(key_dim * n);
+        let mut p = vec![0.0f32; n * n];
+        // S[i][j] = Σ_c q[c][i]·k[c][j], then row softmax of scale·S.
+        matmul(n, n, key_dim, &mut p, n, false, Mat { data: q, rs: 1, cs: n }, Mat { data: k, rs: n, cs: 1 });
+        for row in p.chunks_mut(n) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            let mut sum = 0.0f32;
+            for v in row.iter_mut() {
+                *v = (*v * scale - max).exp();
+                sum += *v;
+            }
+            row.iter_mut().for_each(|v| *v /= sum);
+        }
+        // dV[d][j] = Σ_i dO[d][i]·P[i][j].
+        matmul(head_dim, n, n, dv, n, false, Mat { data: d_o, rs: n, cs: 1 }, Mat { data: &p, rs: n, cs: 1 });
+        // dP[i][j] = Σ_d dO[d][i]·v[d][j].
+        let mut ds = vec![0.0f32; n * n];
+        matmul(n, n, head_dim, &mut ds, n, false, Mat { data: d_o, rs: 1, cs: n }, Mat { data: v, rs: n, cs: 1 });
+        for (dsr, pr) in ds.chunks_mut(n).zip(p.chunks(n)) {
+            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+            dsr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = scale * pv * (*d - dot));
+        }
+        // dq[c][i] = Σ_j k[c][j]·dS[i][j]; dk[c][j] = Σ_i q[c][i]·dS[i][j] (scale already in dS).
+        matmul(key_dim, n, n, dq, n, false, Mat { data: k, rs: n, cs: 1 }, Mat { data: &ds, rs: 1, cs: n });
+        matmul(key_dim, n, n, dk, n, false, Mat { data: q, rs: n, cs: 1 }, Mat { data: &ds, rs: n, cs: 1 });
+    });
+    dqkv
+}
+
+#[cfg(test)]
+mod tests;

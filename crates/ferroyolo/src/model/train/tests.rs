@@ -1,0 +1,567 @@
+//! Gradient checks of the training pass.
+//!
+//! Block level: each block's backward against central finite differences of its own training
+//! forward (BatchNorm in training mode), for sampled parameter and input coordinates, with the
+//! scalar `L = Σ r ⊙ out` (random `r`) accumulated in f64. The forward runs in f32, so the step is
+//! a compromise between rounding noise and curvature; the tolerance reflects that.
+//!
+//! Network level (fixtures): parameter names against the checkpoint, the one-to-one detachment,
+//! frozen layers, and gradients of the whole yolo26n against the reference.
+
+use super::*;
+use crate::model::yolo26::BatchNorm;
+
+/// SplitMix64, for reproducible test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform() * scale).collect()
+    }
+
+    fn tensor(&mut self, shape: [usize; 4]) -> Tensor {
+        Tensor::new(shape, self.vec(shape.iter().product(), 1.0))
+    }
+}
+
+fn conv_bn(rng: &mut Rng, c1: usize, c2: usize, k: usize, s: usize, groups: usize, act: bool) -> ConvBn {
+    let fan_in = (c1 / groups * k * k) as f32;
+    let weight = rng.vec(c2 * c1 / groups * k * k, 1.5 / fan_in.sqrt());
+    let bn = BatchNorm {
+        weight: rng.vec(c2, 0.3).iter().map(|v| v + 1.0).collect(),
+        bias: rng.vec(c2, 0.3),
+        running_mean: rng.vec(c2, 0.1),
+        running_var: rng.vec(c2, 0.2).iter().map(|v| v + 1.0).collect(),
+        eps: 1e-3,
+    };
+    ConvBn::new(c1, c2, k, s, groups, weight, bn, if act { Activation::Silu } else { Activation::Identity }).unwrap()
+}
+
+fn bottleneck(rng: &mut Rng, c1: usize, c2: usize, e: f64) -> Bottleneck {
+    let c_ = (c2 as f64 * e) as usize;
+    Bottleneck { cv1: conv_bn(rng, c1, c_, 3, 1, 1, true), cv2: conv_bn(rng, c_, c2, 3, 1, 1, true), add: c1 == c2 }
+}
+
+fn c3k(rng: &mut Rng, c1: usize, c2: usize) -> C3k {
+    let c_ = c2 / 2;
+    C3k {
+        cv1: conv_bn(rng, c1, c_, 1, 1, 1, true),
+        cv2: conv_bn(rng, c1, c_, 1, 1, 1, true),
+        cv3: conv_bn(rng, 2 * c_, c2, 1, 1, 1, true),
+        m: (0..2).map(|_| bottleneck(rng, c_, c_, 1.0)).collect(),
+    }
+}
+
+fn attention(rng: &mut Rng, dim: usize, heads: usize) -> Attention {
+    let head_dim = dim / heads;
+    let key_dim = head_dim / 2;
+    Attention {
+        num_heads: heads,
+        key_dim,
+        head_dim,
+        scale: (key_dim as f32).powf(-0.5),
+        qkv: conv_bn(rng, dim, dim + 2 * key_dim * heads, 1, 1, 1, false),
+        proj: conv_bn(rng, dim, dim, 1, 1, 1, false),
+        pe: conv_bn(rng, dim, dim, 3, 1, dim, false),
+    }
+}
+
+fn psa(rng: &mut Rng, c: usize, heads: usize) -> PsaBlock {
+    PsaBlock { attn: attention(rng, c, heads), ffn: [conv_bn(rng, c, 2 * c, 1, 1, 1, true), conv_bn(rng, 2 * c, c, 1, 1, 1, false)] }
+}
+
+fn c3k2(rng: &mut Rng, c1: usize, c2: usize, kind: &str) -> C3k2 {
+    let c = c2 / 2;
+    let m = vec![match kind {
+        "bottleneck" => C3k2Block::Bottleneck(bottleneck(rng, c, c, 0.5)),
+        "c3k" => C3k2Block::C3k(Box::new(c3k(rng, c, c))),
+        _ => C3k2Block::Attn(bottleneck(rng, c, c, 0.5), Box::new(psa(rng, c, 2))),
+    }];
+    C3k2 { c, cv1: conv_bn(rng, c1, 2 * c, 1, 1, 1, true), cv2: conv_bn(rng, 3 * c, c2, 1, 1, 1, true), m }
+}
+
+fn no_freeze(_: &str) -> bool {
+    false
+}
+
+/// The parameters of a list of modules (as `modules_mut` lists them).
+fn params_of<'a>(mods: Vec<(String, ModuleMut<'a>)>) -> Vec<(String, &'a mut Vec<f32>)> {
+    let mut out = Vec::new();
+    for (p, m) in mods {
+        match m {
+            ModuleMut::ConvBn(c) => {
+                out.push((format!("{p}.conv.weight"), &mut c.weight));
+                out.push((format!("{p}.bn.weight"), &mut c.bn.weight));
+                out.push((format!("{p}.bn.bias"), &mut c.bn.bias));
+            }
+            ModuleMut::Bias(b) => {
+                out.push((format!("{p}.weight"), &mut b.weight));
+                out.push((format!("{p}.bias"), &mut b.bias));
+            }
+        }
+    }
+    out
+}
+
+fn dot(a: &Tensor, r: &Tensor) -> f64 {
+    a.data().iter().zip(r.data()).map(|(&a, &r)| a as f64 * r as f64).sum()
+}
+
+/// Checks `bwd` against finite differences of `fwd` for sampled coordinates of every parameter
+/// (named by `params`) and of the input.
+fn check_block<B, T>(
+    what: &str,
+    mut block: B,
+    x: Tensor,
+    frozen: &dyn Fn(&str) -> bool,
+    fwd: impl Fn(&mut B, Feat, &Ctx) -> (Tensor, T),
+    bwd: impl Fn(&B, T, Tensor, &mut Sink) -> Tensor,
+    params: impl Fn(&mut B) -> Vec<(String, &mut Vec<f32>)>,
+) {
+    let ctx = Ctx { frozen };
+    let mut rng = Rng(0xC0FFEE);
+    let (out, tape) = fwd(&mut block, Feat::whole(x.clone()), &ctx);
+    let r = rng.tensor(out.shape());
+    let mut sink = Sink::default();
+    let dx = bwd(&block, tape, r.clone(), &mut sink);
+    assert_eq!(dx.shape(), x.shape(), "{what}: input gradient shape");
+    let h = 2e-3f32;
+    let loss = |block: &mut B, x: &Tensor| dot(&fwd(block, Feat::whole(x.clone()), &ctx).0, &r);
+    // (label, analytic, finite difference, scale of that gradient)
+    let mut checks: Vec<(String, f32, f64, f32)> = Vec::new();
+    let names: Vec<(String, usize)> = params(&mut block).into_iter().map(|(n, v)| (n, v.len())).collect();
+    for (pi, (name, len)) in names.iter().enumerate() {
+        let Some(g) = sink.0.get(name).cloned() else {
+            assert!(frozen(&format!("{}.", &name[..name.rfind('.').unwrap()])) || name.contains(".bn.") && frozen(&format!("{}.", &name[..name.rfind(".bn.").unwrap()])), "{what}: no gradient for {name}");
+            continue;
+        };
+        assert_eq!(g.len(), *len, "{what}: {name} gradient length");
+        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for s in 0..4 {
+            let idx = (rng.next_u64() as usize + s) % len;
+            let orig = params(&mut block)[pi].1[idx];
+            params(&mut block)[pi].1[idx] = orig + h;
+            let lp = loss(&mut block, &x);
+            params(&mut block)[pi].1[idx] = orig - h;
+            let lm = loss(&mut block, &x);
+            params(&mut block)[pi].1[idx] = orig;
+            checks.push((format!("{name}[{idx}]"), g[idx], (lp - lm) / (2.0 * h as f64), scale));
+        }
+    }
+    let scale = dx.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+    for _ in 0..8 {
+        let idx = rng.next_u64() as usize % x.numel();
+        let mut xp = x.clone();
+        xp.data_mut()[idx] += h;
+        let lp = loss(&mut block, &xp);
+        xp.data_mut()[idx] -= 2.0 * h;
+        let lm = loss(&mut block, &xp);
+        checks.push((format!("input[{idx}]"), dx.data()[idx], (lp - lm) / (2.0 * h as f64), scale));
+    }
+    // Gradients that are zero in exact arithmetic (a BatchNorm bias followed by another
+    // training-mode BatchNorm) are judged against the block's overall gradient magnitude.
+    let global = checks.iter().fold(0f64, |m, c| m.max(c.3 as f64));
+    let mut worst = 0f64;
+    for (label, a, f, scale) in &checks {
+        let err = (*a as f64 - f).abs() / f.abs().max(0.05 * *scale as f64).max(1e-2 * global).max(1e-3);
+        worst = worst.max(err);
+        assert!(err < 2e-2, "{what}: {label}: analytic {a}, finite difference {f} (relative error {err:.2e})");
+    }
+    eprintln!("{what}: {} coordinates, worst relative error {worst:.2e}", checks.len());
+}
+
+fn conv_case(what: &str, cb: ConvBn, x: Tensor, frozen: &dyn Fn(&str) -> bool) {
+    check_block(
+        what,
+        cb,
+        x,
+        frozen,
+        |b, x, ctx| conv_fwd(b, "m", x, ctx),
+        |b, t, g, s| conv_bwd_dx(b, "m", t, g, s),
+        |b| params_of(vec![("m".into(), ModuleMut::ConvBn(b))]),
+    );
+}
+
+#[test]
+fn conv_bn_train_mode() {
+    let mut rng = Rng(1);
+    conv_case("conv 3x3 s2 silu", conv_bn(&mut rng, 4, 6, 3, 2, 1, true), rng.tensor([2, 4, 7, 6]), &no_freeze);
+    conv_case("conv 1x1 identity", conv_bn(&mut rng, 5, 4, 1, 1, 1, false), rng.tensor([3, 5, 3, 4]), &no_freeze);
+    conv_case("depthwise 3x3 silu", conv_bn(&mut rng, 6, 6, 3, 1, 6, true), rng.tensor([2, 6, 5, 5]), &no_freeze);
+}
+
+#[test]
+fn conv_bn_frozen_eval_mode() {
+    let mut rng = Rng(2);
+    let cb = conv_bn(&mut rng, 4, 6, 3, 1, 1, true);
+    let before = cb.bn.running_mean.clone();
+    let frozen = |p: &str| p.starts_with("m.");
+    let ctx = Ctx { frozen: &frozen };
+    let mut c2 = cb.clone();
+    let (_, t) = conv_fwd(&mut c2, "m", Feat::whole(rng.tensor([2, 4, 5, 5])), &ctx);
+    assert_eq!(c2.bn.running_mean, before, "frozen BatchNorm keeps its running statistics");
+    let mut sink = Sink::default();
+    let g = conv_bwd(&c2, "m", t, Tensor::zeros([2, 6, 5, 5]), true, &mut sink);
+    assert!(g.is_some() && sink.0.is_empty(), "frozen: input gradient only");
+    conv_case("frozen conv (eval BN)", cb, rng.tensor([2, 4, 5, 5]), &frozen);
+}
+
+#[test]
+fn running_stats_update() {
+    let mut rng = Rng(3);
+    let mut cb = conv_bn(&mut rng, 3, 2, 1, 1, 1, true);
+    let (rm0, rv0) = (cb.bn.running_mean.clone(), cb.bn.running_var.clone());
+    let x = rng.tensor([2, 3, 4, 4]);
+    let (_, t) = conv_fwd(&mut cb, "m", Feat::whole(x), &Ctx { frozen: &no_freeze });
+    let (mean, var) = bw::channel_stats(&t.z);
+    for c in 0..2 {
+        assert!((cb.bn.running_mean[c] - (0.97 * rm0[c] + 0.03 * mean[c])).abs() < 1e-6);
+        assert!((cb.bn.running_var[c] - (0.97 * rv0[c] + 0.03 * var[c] * 32.0 / 31.0)).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn bottleneck_grad() {
+    let mut rng = Rng(4);
+    check_block(
+        "bottleneck",
+        bottleneck(&mut rng, 6, 6, 0.5),
+        rng.tensor([2, 6, 5, 5]),
+        &no_freeze,
+        |b, x, ctx| bottleneck_fwd(b, "m", x, ctx),
+        |b, t, g, s| bottleneck_bwd(b, "m", t, g, s),
+        |b| {
+            let mut v = Vec::new();
+            bottleneck_modules(b, "m", &mut v);
+            params_of(v)
+        },
+    );
+}
+
+#[test]
+fn c3k_grad() {
+    let mut rng = Rng(5);
+    check_block(
+        "c3k",
+        c3k(&mut rng, 6, 8),
+        rng.tensor([2, 6, 5, 5]),
+        &no_freeze,
+        |b, x, ctx| c3k_fwd(b, "m", x, ctx),
+        |b, t, g, s| c3k_bwd(b, "m", t, g, s),
+        |c| {
+            let mut v = vec![("m.cv1".to_string(), ModuleMut::ConvBn(&mut c.cv1)), ("m.cv2".into(), ModuleMut::ConvBn(&mut c.cv2)), ("m.cv3".into(), ModuleMut::ConvBn(&mut c.cv3))];
+            for (k, b) in c.m.iter_mut().enumerate() {
+                bottleneck_modules(b, &format!("m.m.{k}"), &mut v);
+            }
+            params_of(v)
+        },
+    );
+}
+
+/// C3k2 and its three inner-block variants, through a one-layer model so the parameter walk is
+/// the model's own.
+fn c3k2_case(kind: &str, seed: u64) {
+    let mut rng = Rng(seed);
+    let block = c3k2(&mut rng, 6, 8, kind);
+    check_block(
+        &format!("c3k2 ({kind})"),
+        Layer::C3k2(block),
+        rng.tensor([2, 6, 4, 4]),
+        &no_freeze,
+        |l, x, ctx| match l {
+            Layer::C3k2(c) => c3k2_fwd(c, "model.0", x, ctx),
+            _ => unreachable!(),
+        },
+        |l, t, g, s| match l {
+            Layer::C3k2(c) => c3k2_bwd(c, "model.0", t, g, s),
+            _ => unreachable!(),
+        },
+        |l| layer_params(l),
+    );
+}
+
+/// The parameters of a single layer, named as layer 0 of a model.
+fn layer_params(l: &mut Layer) -> Vec<(String, &mut Vec<f32>)> {
+    // Reuse the model walk: a model of one layer borrows the layer for the walk.
+    let mut v = Vec::new();
+    match l {
+        Layer::C3k2(c) => {
+            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut c.cv1)));
+            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut c.cv2)));
+            for (j, b) in c.m.iter_mut().enumerate() {
+                let mp = format!("model.0.m.{j}");
+                match b {
+                    C3k2Block::Bottleneck(b) => bottleneck_modules(b, &mp, &mut v),
+                    C3k2Block::C3k(c) => {
+                        v.push((format!("{mp}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
+                        v.push((format!("{mp}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
+                        v.push((format!("{mp}.cv3"), ModuleMut::ConvBn(&mut c.cv3)));
+                        for (k, b) in c.m.iter_mut().enumerate() {
+                            bottleneck_modules(b, &format!("{mp}.m.{k}"), &mut v);
+                        }
+                    }
+                    C3k2Block::Attn(b, p) => {
+                        bottleneck_modules(b, &format!("{mp}.0"), &mut v);
+                        psa_modules(p, &format!("{mp}.1"), &mut v);
+                    }
+                }
+            }
+        }
+        Layer::Sppf(s) => {
+            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut s.cv1)));
+            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut s.cv2)));
+        }
+        Layer::C2psa(c) => {
+            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut c.cv1)));
+            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut c.cv2)));
+            for (j, b) in c.m.iter_mut().enumerate() {
+                psa_modules(b, &format!("model.0.m.{j}"), &mut v);
+            }
+        }
+        _ => unreachable!(),
+    }
+    params_of(v)
+}
+
+#[test]
+fn c3k2_bottleneck_grad() {
+    c3k2_case("bottleneck", 6);
+}
+
+#[test]
+fn c3k2_c3k_grad() {
+    c3k2_case("c3k", 7);
+}
+
+#[test]
+fn c3k2_attn_grad() {
+    c3k2_case("attn", 8);
+}
+
+#[test]
+fn sppf_grad() {
+    let mut rng = Rng(9);
+    let s = Sppf { cv1: conv_bn(&mut rng, 8, 4, 1, 1, 1, false), cv2: conv_bn(&mut rng, 16, 8, 1, 1, 1, true), k: 5, n: 3, add: true };
+    check_block(
+        "sppf",
+        Layer::Sppf(s),
+        rng.tensor([2, 8, 5, 6]),
+        &no_freeze,
+        |l, x, ctx| match l {
+            Layer::Sppf(s) => sppf_fwd(s, "model.0", x, ctx),
+            _ => unreachable!(),
+        },
+        |l, t, g, sink| match l {
+            Layer::Sppf(s) => sppf_bwd(s, "model.0", t, g, sink),
+            _ => unreachable!(),
+        },
+        |l| layer_params(l),
+    );
+}
+
+#[test]
+fn attention_grad() {
+    let mut rng = Rng(10);
+    check_block(
+        "attention",
+        attention(&mut rng, 8, 2),
+        rng.tensor([2, 8, 3, 4]),
+        &no_freeze,
+        |a, x, ctx| attention_fwd(a, "m", x, ctx),
+        |a, t, g, s| attention_bwd(a, "m", t, g, s),
+        |a| params_of(vec![("m.qkv".into(), ModuleMut::ConvBn(&mut a.qkv)), ("m.proj".into(), ModuleMut::ConvBn(&mut a.proj)), ("m.pe".into(), ModuleMut::ConvBn(&mut a.pe))]),
+    );
+}
+
+#[test]
+fn psa_block_grad() {
+    let mut rng = Rng(11);
+    check_block(
+        "psa block",
+        psa(&mut rng, 8, 2),
+        rng.tensor([2, 8, 4, 3]),
+        &no_freeze,
+        |b, x, ctx| psa_fwd(b, "m", x, ctx),
+        |b, t, g, s| psa_bwd(b, "m", t, g, s),
+        |b| {
+            let mut v = Vec::new();
+            psa_modules(b, "m", &mut v);
+            params_of(v)
+        },
+    );
+}
+
+#[test]
+fn c2psa_grad() {
+    let mut rng = Rng(12);
+    let c = C2psa { c: 8, cv1: conv_bn(&mut rng, 16, 16, 1, 1, 1, true), cv2: conv_bn(&mut rng, 16, 16, 1, 1, 1, true), m: vec![psa(&mut rng, 8, 2)] };
+    check_block(
+        "c2psa",
+        Layer::C2psa(c),
+        rng.tensor([2, 16, 3, 3]),
+        &no_freeze,
+        |l, x, ctx| match l {
+            Layer::C2psa(c) => c2psa_fwd(c, "model.0", x, ctx),
+            _ => unreachable!(),
+        },
+        |l, t, g, s| match l {
+            Layer::C2psa(c) => c2psa_bwd(c, "model.0", t, g, s),
+            _ => unreachable!(),
+        },
+        |l| layer_params(l),
+    );
+}
+
+fn bias_conv(rng: &mut Rng, c1: usize, c2: usize) -> BiasConv {
+    let (weight, bias) = (rng.vec(c2 * c1, 1.0 / (c1 as f32).sqrt()), rng.vec(c2, 0.5));
+    BiasConv { conv: Conv2d::new(c1, c2, 1, 1, 0, 1, weight.clone(), Some(bias.clone())).unwrap(), weight, bias }
+}
+
+fn detect_branch_case(what: &str, br: DetectBranch, x: Tensor) {
+    check_block(
+        what,
+        br,
+        x,
+        &no_freeze,
+        |b, x, ctx| branch_fwd(b, "h", 0, x, ctx),
+        |b, t, g, s| branch_bwd(b, "h", 0, t, g, true, s).unwrap(),
+        |b| {
+            let names = hidden_names("h", 0, b.hidden[0].len());
+            let mut v: Vec<(String, ModuleMut)> = Vec::new();
+            let (hidden, out) = (&mut b.hidden, &mut b.out);
+            for (cb, n) in hidden[0].iter_mut().zip(names) {
+                v.push((n, ModuleMut::ConvBn(cb)));
+            }
+            v.push(("h.0.2".into(), ModuleMut::Bias(&mut out[0])));
+            params_of(v)
+        },
+    );
+}
+
+#[test]
+fn detect_branches_grad() {
+    let mut rng = Rng(13);
+    let boxes = DetectBranch { hidden: vec![vec![conv_bn(&mut rng, 6, 4, 3, 1, 1, true), conv_bn(&mut rng, 4, 4, 3, 1, 1, true)]], out: vec![bias_conv(&mut rng, 4, 4)] };
+    detect_branch_case("detect box branch", boxes, rng.tensor([2, 6, 4, 4]));
+    let cls = DetectBranch {
+        hidden: vec![vec![
+            conv_bn(&mut rng, 6, 6, 3, 1, 6, true),
+            conv_bn(&mut rng, 6, 5, 1, 1, 1, true),
+            conv_bn(&mut rng, 5, 5, 3, 1, 5, true),
+            conv_bn(&mut rng, 5, 5, 1, 1, 1, true),
+        ]],
+        out: vec![bias_conv(&mut rng, 5, 3)],
+    };
+    detect_branch_case("detect class branch", cls, rng.tensor([2, 6, 4, 4]));
+}
+
+#[test]
+fn feat_narrow_and_cat() {
+    let a = Arc::new(Tensor::new([1, 3, 1, 1], vec![0.0, 1.0, 2.0]));
+    let b = Arc::new(Tensor::new([1, 2, 1, 1], vec![3.0, 4.0]));
+    let f = Feat::cat(&[&Feat::shared(&a), &Feat::shared(&b)]);
+    assert_eq!(f.channels(), 5);
+    assert_eq!(f.narrow(2, 2).tensor().data(), &[2.0, 3.0]);
+    assert!(Arc::ptr_eq(&f.narrow(3, 2).tensor(), &b), "a whole tensor is shared, not copied");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole network (fixtures)
+
+use crate::data::npy::read_npy;
+use crate::weights::{Checkpoint, TensorKind};
+
+fn load(fx: &std::path::Path, name: &str) -> (Yolo26, Checkpoint) {
+    let ckpt = Checkpoint::load(fx.join("weights").join(format!("{name}.pt"))).unwrap();
+    let (model, _) = crate::model::from_checkpoint(&ckpt).unwrap();
+    (model, ckpt)
+}
+
+fn batch_image(fx: &std::path::Path) -> Tensor {
+    let a = read_npy(fx.join("reference/loss_batch_img.npy")).unwrap();
+    Tensor::new(a.shape.clone().try_into().unwrap(), a.data)
+}
+
+/// `L = Σ_heads Σ boxes²/2 + Σ logits/1000`: its head gradients.
+fn toy_loss_grads(o: &TrainOutput) -> [Vec<f32>; 4] {
+    let lg = |h: &HeadOutput| vec![1e-3f32; h.logits.len()];
+    [o.one2many.boxes.clone(), lg(&o.one2many), o.one2one.boxes.clone(), lg(&o.one2one)]
+}
+
+fn backward_with(model: &Yolo26, tape: Tape, g: &[Vec<f32>; 4]) -> Gradients {
+    model.backward(tape, &g[0], &g[1], &g[2], &g[3])
+}
+
+#[test]
+fn parameters_follow_state_dict_order() {
+    let fx = crate::fixtures_or_skip!();
+    let (mut model, ckpt) = load(&fx, "yolo26n-rand");
+    let want: Vec<(String, Vec<usize>)> = ckpt.tensors.iter().filter(|(_, t)| t.kind == TensorKind::Parameter).map(|(n, t)| (n.clone(), t.shape.clone())).collect();
+    let got: Vec<(String, usize)> = model.parameters_mut().into_iter().map(|(n, v)| (n, v.len())).collect();
+    assert_eq!(got.len(), want.len());
+    for ((gn, gl), (wn, ws)) in got.iter().zip(&want) {
+        assert_eq!(gn, wn);
+        assert_eq!(*gl, ws.iter().product::<usize>(), "{gn}");
+    }
+    // Refolding unchanged weights reproduces inference exactly.
+    let x = batch_image(&fx);
+    let x = Tensor::new([1, 3, 320, 320], x.image(0).to_vec());
+    let before = model.forward(&x, crate::model::HeadMode::OneToOne);
+    model.refold();
+    let after = model.forward(&x, crate::model::HeadMode::OneToOne);
+    let worst = before.logits.iter().zip(&after.logits).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 1e-4, "refold changed the output by {worst}");
+}
+
+/// The one-to-one head's gradient trains its own branches and nothing upstream; frozen layers
+/// keep their running statistics and get no gradient.
+#[test]
+fn detached_one2one_and_frozen_layers() {
+    let fx = crate::fixtures_or_skip!();
+    let (model, _) = load(&fx, "yolo26n-rand");
+    let x = batch_image(&fx);
+    let x = Tensor::new([2, 3, 64, 64], (0..2).flat_map(|i| x.image(i)[..3 * 64 * 64].to_vec()).collect());
+    let run = |o2o_scale: f32| {
+        let mut m = model.clone();
+        let (out, tape) = m.forward_train(&x, &no_freeze);
+        let mut g = toy_loss_grads(&out);
+        for gi in &mut g[2..] {
+            gi.iter_mut().for_each(|v| *v *= o2o_scale);
+        }
+        backward_with(&m, tape, &g)
+    };
+    let (a, b) = (run(1.0), run(0.0));
+    assert_eq!(a.get("model.0.conv.weight"), b.get("model.0.conv.weight"));
+    assert_eq!(a.get("model.23.cv3.0.0.0.conv.weight"), b.get("model.23.cv3.0.0.0.conv.weight"));
+    assert!(b.norm("model.23.one2one_cv2.0.2.weight").unwrap() == 0.0);
+    assert!(a.norm("model.23.one2one_cv2.0.2.weight").unwrap() > 0.0);
+    assert_eq!(a.len(), model.clone().parameters_mut().len());
+
+    // freeze=10: layers 0..9 frozen.
+    let frozen = |p: &str| (0..10).any(|i| p.starts_with(&format!("model.{i}.")));
+    let mut m = model.clone();
+    let (out, tape) = m.forward_train(&x, &frozen);
+    let g = backward_with(&m, tape, &toy_loss_grads(&out));
+    assert!(g.get("model.9.cv2.conv.weight").is_none() && g.get("model.0.bn.weight").is_none());
+    assert!(g.get("model.10.cv1.conv.weight").is_some());
+    let (orig, now) = (model.clone().parameters_mut().len(), g.len());
+    assert!(now < orig);
+    let rm = |m: &mut Yolo26, name: &str| match &m.layers[0] {
+        Layer::Conv(c) => (c.bn.running_mean.clone(), name.len()),
+        _ => unreachable!(),
+    };
+    assert_eq!(rm(&mut m, "").0, rm(&mut model.clone(), "").0, "frozen BatchNorm statistics unchanged");
+}
