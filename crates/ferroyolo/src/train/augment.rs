@@ -16,6 +16,13 @@
 //! After [`TrainLoader::close_mosaic`] step 2 is skipped: each sample is one image, which the
 //! random perspective centres, scales and translates onto the `imgsz` square.
 //!
+//! Given the same random draws, steps 1-6 reproduce the reference bit for bit: the resize is
+//! OpenCV's, the transform matrix is composed in `f32` as the reference composes it, the warp
+//! follows OpenCV 5's floating-point `warpAffine`, and the HSV conversions are OpenCV's (a test
+//! replays two reference runs draw for draw and compares every pixel). The draws themselves come
+//! from this module's own generator, so a run is not the reference's run, only distributed like
+//! it.
+//!
 //! # Determinism
 //!
 //! A run must repeat exactly under the same seed, and a resumed run must continue as the
@@ -279,16 +286,16 @@ impl EpochPlan {
         let use_mosaic = cfg.mosaic > 0.0 && rng.random() <= cfg.mosaic as f64;
         let persp = cfg.perspective_config();
         let mut sample = if use_mosaic {
-            let centre = transform::mosaic_centre(s, &mut rng);
+            let centre = transform::mosaic_centre(s, &mut |a, b| rng.uniform(a, b));
             let partners = [self.partner(pos, &mut rng), self.partner(pos, &mut rng), self.partner(pos, &mut rng)];
             let imgs = [shared.image(partners[0])?, shared.image(partners[1])?, shared.image(partners[2])?];
             let it = |k: usize| &shared.items[k].boxes[..];
             let tiles = [(&*primary, it(i)), (&*imgs[0], it(partners[0])), (&*imgs[1], it(partners[1])), (&*imgs[2], it(partners[2]))];
             let mosaic = transform::mosaic4(s, centre, tiles);
-            transform::random_perspective(&mosaic.img, &mosaic.boxes, &persp, &mut rng, (s as u32, s as u32))
+            transform::random_perspective(&mosaic.img, &mosaic.boxes, &persp, &mut |a, b| rng.uniform(a, b), (s as u32, s as u32))
         } else {
             let boxes: Vec<PixelBox> = transform::to_pixel_boxes(&shared.items[i].boxes, primary.width(), primary.height());
-            transform::random_perspective(&primary, &boxes, &persp, &mut rng, (s as u32, s as u32))
+            transform::random_perspective(&primary, &boxes, &persp, &mut |a, b| rng.uniform(a, b), (s as u32, s as u32))
         };
         hsv::jitter(&mut sample.img, [cfg.hsv_h, cfg.hsv_s, cfg.hsv_v], |a, b| rng.uniform(a, b));
         if rng.random() < cfg.flipud as f64 {

@@ -130,7 +130,9 @@ pub fn jitter(img: &mut RgbImage, gains: [f32; 3], mut uniform: impl FnMut(f64, 
     if gains.iter().all(|&g| g == 0.0) {
         return;
     }
-    let r = gains.map(|g| uniform(-1.0, 1.0) * g as f64);
+    // The gains as the decimals they were written as (0.4, not 0.4000000059604645): the tables
+    // truncate, so the difference would move some entries by a level.
+    let r = gains.map(|g| uniform(-1.0, 1.0) * super::transform::decimal(g));
     apply(img, r);
 }
 

@@ -215,7 +215,7 @@ fn rotated_sheared_boxes_enclose_the_rotated_rectangle_tightly() {
         let cfg = PerspectiveConfig { degrees: 40.0, translate: 0.0, scale: 0.3, shear: 10.0, perspective };
         for seed in 0..20 {
             let mut rng = Rng::keyed(&[seed]);
-            let out = transform::random_perspective(&img, &boxes, &cfg, &mut rng, (240, 240));
+            let out = transform::random_perspective(&img, &boxes, &cfg, &mut |a, b| rng.uniform(a, b), (240, 240));
             assert_eq!(out.boxes.len(), 1);
             let [bx1, by1, bx2, by2] = out.boxes[0].xyxy;
             let (mut lo, mut hi) = ([i64::MAX; 2], [i64::MIN; 2]);
@@ -340,7 +340,7 @@ fn mosaic_centre_and_matrix_follow_the_reference_ranges() {
     let mut rng = Rng::keyed(&[1]);
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for _ in 0..2000 {
-        let (x, y) = transform::mosaic_centre(640, &mut rng);
+        let (x, y) = transform::mosaic_centre(640, &mut |a, b| rng.uniform(a, b));
         lo = lo.min(x.min(y));
         hi = hi.max(x.max(y));
     }
@@ -348,13 +348,13 @@ fn mosaic_centre_and_matrix_follow_the_reference_ranges() {
 
     // No translation or scale range: the input centre lands on the output centre, scale 1.
     let cfg = PerspectiveConfig { degrees: 0.0, translate: 0.0, scale: 0.0, shear: 0.0, perspective: 0.0 };
-    let (m, s) = transform::random_matrix(&cfg, &mut rng, (1280, 1280), (640, 640));
+    let (m, s) = transform::random_matrix(&cfg, &mut |a, b| rng.uniform(a, b), (1280, 1280), (640, 640));
     assert_eq!(s, 1.0);
     assert_eq!(super::warp::apply(&m, 640.0, 640.0, false), (320.0, 320.0));
     // A 90 degree rotation turns +x into -y (counter-clockwise on screen).
     let cfg = PerspectiveConfig { degrees: 90.0, ..cfg };
     loop {
-        let (m, _) = transform::random_matrix(&cfg, &mut rng, (100, 100), (100, 100));
+        let (m, _) = transform::random_matrix(&cfg, &mut |a, b| rng.uniform(a, b), (100, 100), (100, 100));
         let (x, y) = super::warp::apply(&m, 60.0, 50.0, false);
         let angle = (-(y - 50.0)).atan2(x - 50.0).to_degrees(); // counter-clockwise from +x
         assert!((x - 50.0).hypot(y - 50.0) > 9.99);
@@ -620,7 +620,9 @@ fn stage_timings() {
     time("mosaic canvas", &mut || m = tiles(&imgs));
     let cfg = AugmentConfig::default().perspective_config();
     let mut out = m.clone();
-    time("random perspective", &mut || out = transform::random_perspective(&m.img, &m.boxes, &cfg, &mut Rng::keyed(&[1]), (640, 640)));
+    time("random perspective", &mut || {
+        out = transform::random_perspective(&m.img, &m.boxes, &cfg, &mut |a, b| Rng::keyed(&[1]).uniform(a, b), (640, 640))
+    });
     let mut img = out.img.clone();
     time("hsv", &mut || super::hsv::apply(&mut img, [0.01, 0.3, -0.2]));
     let mut v = Vec::new();
@@ -628,4 +630,124 @@ fn stage_timings() {
         v.clear();
         crate::data::letterbox::extend_chw_f32(&img, &mut v)
     });
+}
+
+/// Output of the reference (Ultralytics 8.4.190, OpenCV 5.0) on coco8's four training images
+/// with scripted random draws (`random.random` and `np.random.uniform` patched to return them),
+/// through its own `Mosaic`, `RandomPerspective`, `RandomHSV` and `RandomFlip`.
+mod reference_run {
+    /// Mosaic of images 0-3, centre draws (0.21, 0.77); perspective draws (0.5, 0.5, 0.5, 0.9, 0.5,
+    /// 0.5, 0.3, 0.8) with the default settings; HSV draws (0.4, -0.6, 0.8); horizontal flip.
+    pub const MOSAIC_BOXES: &[(usize, [f64; 4])] = &[
+        (45, [143.0624, 0.0000, 640.0000, 88.9421]),
+        (50, [208.6235, 0.0000, 640.0000, 90.0902]),
+        (23, [0.0000, 0.6860, 30.5857, 77.9520]),
+        (58, [357.1638, 141.4276, 640.0000, 595.1958]),
+        (75, [435.2556, 316.1339, 640.0000, 589.4843]),
+        (22, [0.0000, 126.0840, 103.4561, 640.0000]),
+    ];
+    /// FNV-1a of the whole RGB image.
+    pub const MOSAIC_FNV: u64 = 0x3232_f26d_58ff_6c7b;
+    /// Pixels at `(6 i + 7, 37 i mod 640)`, i < 97.
+    #[rustfmt::skip]
+    pub const MOSAIC_PIXELS: &[[u8; 3]] = &[
+        [60, 48, 26], [147, 133, 87], [233, 205, 158], [163, 183, 98], [221, 190, 155], [168, 146, 146], [255, 240, 234], [109, 82, 70], [217, 205, 210],
+        [44, 49, 51], [139, 151, 141], [249, 249, 186], [153, 162, 96], [159, 182, 106], [121, 139, 74], [137, 150, 96], [64, 73, 36], [248, 249, 245],
+        [78, 90, 139], [112, 130, 161], [92, 108, 83], [67, 88, 61], [83, 97, 73], [85, 106, 76], [104, 132, 90], [87, 118, 80], [191, 209, 162],
+        [88, 121, 79], [75, 99, 64], [56, 83, 47], [62, 88, 58], [86, 114, 101], [248, 255, 254], [253, 255, 254], [246, 246, 246], [255, 255, 150],
+        [116, 139, 204], [68, 94, 153], [75, 102, 78], [86, 110, 90], [77, 100, 79], [98, 125, 102], [65, 88, 65], [75, 93, 81], [75, 93, 81],
+        [55, 75, 56], [40, 54, 43], [40, 59, 49], [29, 39, 32], [42, 56, 47], [211, 223, 221], [255, 255, 255], [17, 38, 19], [11, 13, 10],
+        [255, 247, 148], [115, 137, 113], [111, 135, 109], [114, 143, 116], [97, 122, 97], [219, 231, 218], [87, 106, 89], [57, 69, 56], [52, 75, 55],
+        [56, 79, 62], [60, 77, 75], [36, 44, 39], [34, 43, 40], [232, 236, 235], [255, 255, 255], [252, 252, 252], [5, 2, 2], [33, 50, 32],
+        [110, 132, 109], [98, 122, 94], [170, 186, 167], [91, 65, 58], [154, 79, 91], [42, 35, 23], [117, 126, 81], [255, 251, 251], [255, 255, 255],
+        [253, 254, 250], [102, 122, 112], [61, 85, 69], [239, 240, 236], [253, 254, 250], [255, 255, 255], [27, 31, 13], [26, 16, 11], [44, 40, 34],
+        [107, 132, 107], [195, 216, 127], [253, 255, 246], [250, 255, 239], [196, 198, 168], [255, 253, 229], [255, 247, 215],
+    ];
+    /// Image 0 alone; perspective draws (0.5, 0.5, 0.35, 0.2, 0.6, 0.45, 0.65, 0.1) with degrees
+    /// 10, shear 2; HSV draws (-0.7, 0.3, -0.5); horizontal flip.
+    pub const SINGLE_BOXES: &[(usize, [f64; 4])] = &[
+        (45, [94.4760, 221.3210, 531.2353, 442.0847]),
+        (45, [75.8273, 103.7303, 306.3604, 274.5341]),
+        (50, [128.5440, 258.8908, 357.4720, 441.0568]),
+        (45, [213.5522, 99.5030, 529.2943, 376.6321]),
+        (49, [202.3281, 131.1397, 256.6376, 166.2555]),
+        (49, [151.8649, 133.2310, 193.9551, 167.8470]),
+        (49, [190.8192, 154.7468, 251.8130, 206.9183]),
+        (49, [196.1886, 104.2468, 264.7109, 157.1769]),
+    ];
+    pub const SINGLE_FNV: u64 = 0x4209_36a8_fbfb_aea6;
+    #[rustfmt::skip]
+    pub const SINGLE_PIXELS: &[[u8; 3]] = &[
+        [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [91, 91, 91], [91, 91, 91], [91, 91, 91], [144, 0, 23], [197, 201, 143], [162, 20, 95], [158, 10, 99], [88, 22, 17], [152, 117, 36],
+        [42, 100, 13], [2, 43, 2], [200, 171, 28], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [91, 91, 91], [91, 91, 91], [198, 138, 0], [198, 151, 0], [83, 0, 5], [184, 36, 100], [135, 45, 0], [39, 35, 9], [21, 11, 0],
+        [19, 20, 15], [1, 25, 3], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [91, 91, 91], [189, 85, 116], [136, 64, 28], [117, 39, 0], [98, 39, 10], [163, 60, 84], [192, 140, 0], [151, 100, 0], [177, 110, 60],
+        [138, 66, 30], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [0, 33, 113], [0, 39, 107], [193, 203, 194], [185, 175, 111], [203, 204, 197], [154, 108, 73], [162, 41, 33], [190, 145, 0], [118, 62, 0],
+        [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+        [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91], [91, 91, 91],
+    ];
+}
+
+/// Replays two reference runs draw for draw (the expected boxes and pixels are in
+/// [`reference_run`]): a mosaic with the default settings, and a single image rotated and
+/// sheared, each through HSV jitter and a flip. Every pixel must be the reference's (checked by
+/// a hash of the whole image, with samples for a readable failure) and every box within a
+/// thousandth of a pixel.
+#[test]
+fn replays_the_reference_pipeline_on_coco8() {
+    let fixtures = crate::fixtures_or_skip!();
+    let cfg = crate::data::dataset::DatasetConfig::load(fixtures.join("coco8/data.yaml")).unwrap();
+    let split = crate::data::dataset::scan_split(&cfg, "train").unwrap();
+    let imgs: Vec<RgbImage> = split.images.iter().map(|im| transform::load_resized(&im.image, 640).unwrap()).collect();
+    let scripted = |u: &'static [f64]| {
+        let mut it = u.iter();
+        move |a: f64, b: f64| a + (b - a) * it.next().expect("more draws than scripted")
+    };
+    let raw = |r: &'static [f64]| {
+        let mut it = r.iter();
+        move |_: f64, _: f64| *it.next().unwrap()
+    };
+    let gains = [0.015, 0.7, 0.4];
+    let points: Vec<(u32, u32)> = (0..97).map(|i| (i * 6 + 7, (i * 37) % 640)).collect();
+    let compare = |s: &Sample, boxes: &[(usize, [f64; 4])], pixels: &[[u8; 3]], hash: u64| {
+        assert_eq!(s.boxes.len(), boxes.len(), "{:?}", s.boxes);
+        for (got, want) in s.boxes.iter().zip(boxes) {
+            assert_eq!(got.class_id, want.0);
+            assert!(got.xyxy.iter().zip(&want.1).all(|(&a, b)| (a as f64 - b).abs() < 1e-3), "{got:?} vs {want:?}");
+        }
+        let diffs: Vec<u8> = points
+            .iter()
+            .zip(pixels)
+            .map(|(&(x, y), want)| {
+                let got = s.img.get_pixel(x, y).0;
+                (0..3).map(|c| got[c].abs_diff(want[c])).max().unwrap()
+            })
+            .collect();
+        assert!(diffs.iter().all(|&d| d == 0), "sampled pixels differ from the reference by {diffs:?}");
+        let h = s.img.as_raw().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        assert_eq!(h, hash, "the image differs from the reference's ({h:#x})");
+    };
+
+    let mut u = scripted(&[0.21, 0.77]);
+    let centre = transform::mosaic_centre(640, &mut u);
+    let tiles: Vec<(&RgbImage, &[LabelBox])> = imgs.iter().zip(&split.images).map(|(i, l)| (i, &l.boxes[..])).collect();
+    let mosaic = transform::mosaic4(640, centre, [tiles[0], tiles[1], tiles[2], tiles[3]]);
+    let persp = AugmentConfig::default().perspective_config();
+    let mut u = scripted(&[0.5, 0.5, 0.5, 0.9, 0.5, 0.5, 0.3, 0.8]);
+    let mut s = transform::random_perspective(&mosaic.img, &mosaic.boxes, &persp, &mut u, (640, 640));
+    super::hsv::jitter(&mut s.img, gains, raw(&[0.4, -0.6, 0.8]));
+    transform::flip_lr(&mut s);
+    compare(&s, reference_run::MOSAIC_BOXES, reference_run::MOSAIC_PIXELS, reference_run::MOSAIC_FNV);
+
+    let boxes = transform::to_pixel_boxes(&split.images[0].boxes, imgs[0].width(), imgs[0].height());
+    let persp = PerspectiveConfig { degrees: 10.0, shear: 2.0, ..persp };
+    let mut u = scripted(&[0.5, 0.5, 0.35, 0.2, 0.6, 0.45, 0.65, 0.1]);
+    let mut s = transform::random_perspective(&imgs[0], &boxes, &persp, &mut u, (640, 640));
+    super::hsv::jitter(&mut s.img, gains, raw(&[-0.7, 0.3, -0.5]));
+    transform::flip_lr(&mut s);
+    compare(&s, reference_run::SINGLE_BOXES, reference_run::SINGLE_PIXELS, reference_run::SINGLE_FNV);
 }

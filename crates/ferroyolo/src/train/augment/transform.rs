@@ -2,13 +2,13 @@
 //! random perspective with its box filter, flips, and the final normalised boxes.
 //!
 //! Boxes travel as `xyxy` pixel corners of the image they currently belong to, in `f32` as the
-//! reference keeps them. Random draws come from the caller's [`Rng`] in the reference's order,
-//! so one seeded stream per sample fixes everything about it.
+//! reference keeps them. Random draws come from the caller's `uniform(a, b)` in the reference's
+//! order, so one seeded stream per sample fixes everything about it (and a test can script the
+//! draws to replay a reference run).
 
 use anyhow::Result;
 use image::{Rgb, RgbImage};
 
-use super::rng::Rng;
 use super::warp::{self, Mat3};
 use crate::data::dataset::LabelBox;
 use crate::data::letterbox::resize_bilinear;
@@ -92,13 +92,13 @@ pub fn to_normalized_xywh(b: &PixelBox, w: u32, h: u32) -> [f32; 4] {
 
 /// The mosaic centre `(xc, yc)` on the `2 imgsz` canvas: each coordinate U(imgsz/2, 3 imgsz/2),
 /// truncated to an integer (`y` is drawn first, as in the reference).
-pub fn mosaic_centre(imgsz: usize, rng: &mut Rng) -> (i64, i64) {
+pub fn mosaic_centre(imgsz: usize, uniform: &mut impl FnMut(f64, f64) -> f64) -> (i64, i64) {
     let s = imgsz as i64;
     // The reference's border is -(imgsz // 2) with Python's floor division: ceil(imgsz / 2).
     let lo = (s + 1) / 2;
     let hi = 2 * s - lo;
-    let yc = rng.uniform(lo as f64, hi as f64) as i64;
-    let xc = rng.uniform(lo as f64, hi as f64) as i64;
+    let yc = uniform(lo as f64, hi as f64) as i64;
+    let xc = uniform(lo as f64, hi as f64) as i64;
     (xc, yc)
 }
 
@@ -170,39 +170,63 @@ pub fn clip_boxes(boxes: &mut [PixelBox], w: f32, h: f32) {
     }
 }
 
+/// A setting as the reference reads it: the decimal the `f32` was written from, in `f64` (so
+/// `0.1f32` becomes `0.1`, not `0.10000000149`).
+pub fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+/// 3x3 matrix product in `f32`, each entry summed left to right without fusing.
+fn matmul_f32(a: &[[f32; 3]; 3], b: &[[f32; 3]; 3]) -> [[f32; 3]; 3] {
+    std::array::from_fn(|i| std::array::from_fn(|j| a[i][0] * b[0][j] + a[i][1] * b[1][j] + a[i][2] * b[2][j]))
+}
+
 /// The reference's random transform for an `in_w` x `in_h` image warped to `out_w` x `out_h`:
 /// centre the image on the origin, then perspective, rotation and scale, shear, and a translation
 /// to U(0.5 ± translate) of the output size (`M = T S R P C`). Returns `M` and the drawn scale.
-pub fn random_matrix(cfg: &PerspectiveConfig, rng: &mut Rng, in_size: (u32, u32), out_size: (u32, u32)) -> (Mat3, f64) {
-    let mut c = warp::IDENTITY;
-    c[0][2] = -(in_size.0 as f64) / 2.0;
-    c[1][2] = -(in_size.1 as f64) / 2.0;
+/// `uniform(a, b)` supplies the draws, in the reference's order.
+///
+/// Like the reference, the five matrices hold `f32` and are multiplied in `f32` (the rotation is
+/// computed in `f64` first, as `cv2.getRotationMatrix2D` does): a matrix composed in `f64`
+/// instead moves rotated pixels enough to change a few percent of them by a level or more.
+pub fn random_matrix(
+    cfg: &PerspectiveConfig,
+    uniform: &mut impl FnMut(f64, f64) -> f64,
+    in_size: (u32, u32),
+    out_size: (u32, u32),
+) -> (Mat3, f64) {
+    const I: [[f32; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    let mut c = I;
+    c[0][2] = -(in_size.0 as f32) / 2.0;
+    c[1][2] = -(in_size.1 as f32) / 2.0;
 
-    let p_range = cfg.perspective as f64;
-    let mut p = warp::IDENTITY;
-    p[2][0] = rng.uniform(-p_range, p_range);
-    p[2][1] = rng.uniform(-p_range, p_range);
+    let p_range = decimal(cfg.perspective);
+    let mut p = I;
+    p[2][0] = uniform(-p_range, p_range) as f32;
+    p[2][1] = uniform(-p_range, p_range) as f32;
 
-    let angle = rng.uniform(-cfg.degrees as f64, cfg.degrees as f64);
-    let scale = rng.uniform(1.0 - cfg.scale as f64, 1.0 + cfg.scale as f64);
+    let degrees = decimal(cfg.degrees);
+    let angle = uniform(-degrees, degrees);
+    let scale = uniform(1.0 - decimal(cfg.scale), 1.0 + decimal(cfg.scale));
     // cv2.getRotationMatrix2D about the origin: a positive angle turns counter-clockwise on
     // screen (y pointing down).
     let (sin, cos) = angle.to_radians().sin_cos();
-    let (a, b) = (scale * cos, scale * sin);
+    let (a, b) = ((scale * cos) as f32, (scale * sin) as f32);
     let r = [[a, b, 0.0], [-b, a, 0.0], [0.0, 0.0, 1.0]];
 
-    let shear = cfg.shear as f64;
-    let mut sh = warp::IDENTITY;
-    sh[0][1] = rng.uniform(-shear, shear).to_radians().tan();
-    sh[1][0] = rng.uniform(-shear, shear).to_radians().tan();
+    let shear = decimal(cfg.shear);
+    let mut sh = I;
+    sh[0][1] = (uniform(-shear, shear) * std::f64::consts::PI / 180.0).tan() as f32;
+    sh[1][0] = (uniform(-shear, shear) * std::f64::consts::PI / 180.0).tan() as f32;
 
-    let t_range = cfg.translate as f64;
-    let mut t = warp::IDENTITY;
-    t[0][2] = rng.uniform(0.5 - t_range, 0.5 + t_range) * out_size.0 as f64;
-    t[1][2] = rng.uniform(0.5 - t_range, 0.5 + t_range) * out_size.1 as f64;
+    let t_range = decimal(cfg.translate);
+    let mut t = I;
+    t[0][2] = (uniform(0.5 - t_range, 0.5 + t_range) * out_size.0 as f64) as f32;
+    t[1][2] = (uniform(0.5 - t_range, 0.5 + t_range) * out_size.1 as f64) as f32;
 
-    let m = warp::matmul(&t, &warp::matmul(&sh, &warp::matmul(&r, &warp::matmul(&p, &c))));
-    (m, scale)
+    // Python's `@` groups from the left: ((((T S) R) P) C).
+    let m = matmul_f32(&matmul_f32(&matmul_f32(&matmul_f32(&t, &sh), &r), &p), &c);
+    (m.map(|row| row.map(|v| v as f64)), scale)
 }
 
 /// The reference's filter of transformed boxes (`box_candidates`): keep a box when it is more
@@ -242,8 +266,14 @@ pub fn transform_boxes(boxes: &[PixelBox], m: &Mat3, scale: f64, perspective: bo
 
 /// The reference's `RandomPerspective`: a random transform of `img` warped onto an `out_size`
 /// canvas (border 114), its boxes transformed, clipped and filtered.
-pub fn random_perspective(img: &RgbImage, boxes: &[PixelBox], cfg: &PerspectiveConfig, rng: &mut Rng, out_size: (u32, u32)) -> Sample {
-    let (m, scale) = random_matrix(cfg, rng, img.dimensions(), out_size);
+pub fn random_perspective(
+    img: &RgbImage,
+    boxes: &[PixelBox],
+    cfg: &PerspectiveConfig,
+    uniform: &mut impl FnMut(f64, f64) -> f64,
+    out_size: (u32, u32),
+) -> Sample {
+    let (m, scale) = random_matrix(cfg, uniform, img.dimensions(), out_size);
     let perspective = cfg.perspective != 0.0;
     let img = warp::warp(img, &m, out_size.0, out_size.1, PAD_VALUE, perspective);
     let boxes = transform_boxes(boxes, &m, scale, perspective, out_size);
