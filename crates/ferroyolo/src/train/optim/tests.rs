@@ -33,8 +33,13 @@ fn musgd_fixture_optimizer(use_muon: bool) -> Optimizer {
         ..ParamGroup::new(GroupKind::Muon, 0.01, 0.9, 5e-4, true)
     };
     let sgd = ParamGroup { params: vec!["b".into()], ..ParamGroup::new(GroupKind::Bias, 0.01, 0.9, 0.0, true) };
-    Optimizer::from_groups(OptimizerKind::MuSgd, vec![muon, sgd], &specs, Schedule::from_config(&OptimConfig::default()))
-        .unwrap()
+    Optimizer::from_groups(
+        OptimizerKind::MuSgd,
+        vec![muon, sgd],
+        &specs,
+        Schedule::from_config(&OptimConfig::default()),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -90,7 +95,7 @@ fn musgd_matches_reference_fixture() {
             let muon_err = rel(&muon_ours, &muon_ref);
             // The Muon part is lr·0.2·O with ‖O‖ ≈ √rows: a sanity check on the isolation.
             let rows = if *k == "w4" { 16.0 } else { 24.0 };
-            let expect = 0.01 * 0.2 * (rows as f64).sqrt() * if *k == "w2" { (32.0f64 / 24.0).sqrt() } else { 1.0 };
+            let expect = 0.01 * 0.2 * f64::sqrt(rows) * if *k == "w2" { (32.0f64 / 24.0).sqrt() } else { 1.0 };
             assert!((norm(&muon_ref) / expect - 1.0).abs() < 0.3, "{k}: Muon part {} vs {expect}", norm(&muon_ref));
             eprintln!(
                 "MuSGD step {s} {k}: update rel {update_err:.2e}, Muon part rel {muon_err:.2e}, \
@@ -107,7 +112,10 @@ fn musgd_matches_reference_fixture() {
         }
         before = after;
     }
-    eprintln!("MuSGD worst: w4 update {:.2e} muon {:.2e}; w2 update {:.2e} muon {:.2e}", worst[0], worst[1], worst[2], worst[3]);
+    eprintln!(
+        "MuSGD worst: w4 update {:.2e} muon {:.2e}; w2 update {:.2e} muon {:.2e}",
+        worst[0], worst[1], worst[2], worst[3]
+    );
 }
 
 /// yolo26n's trainable parameters from the reference listing (name, shape).
@@ -142,7 +150,8 @@ fn yolo26n_params() -> Option<Vec<ParamSpec>> {
 fn yolo26n_musgd_groups_match_reference_counts() {
     let Some(params) = yolo26n_params() else { return };
     assert_eq!(params.len(), 366);
-    let cfg = OptimConfig { kind: OptimizerKind::MuSgd, build_momentum: 0.9, batches_per_epoch: 100, ..Default::default() };
+    let cfg =
+        OptimConfig { kind: OptimizerKind::MuSgd, build_momentum: 0.9, batches_per_epoch: 100, ..Default::default() };
     let opt = Optimizer::new(&cfg, &params);
     let numel: HashMap<&str, usize> = params.iter().map(|p| (p.name.as_str(), p.numel())).collect();
     let summary: Vec<(GroupKind, bool, usize, usize, f64)> = opt
@@ -322,4 +331,35 @@ fn resume_from_state_continues_bit_identically() {
     assert!(Optimizer::from_state_dict(&adam, &specs, &sgd).is_err());
     assert!(Optimizer::from_state_dict(&cfg, &specs[..5], &sgd).is_err());
     assert!(OptimizerState::from_bytes(b"not a state").is_err());
+}
+
+#[test]
+fn musgd_step_over_all_of_yolo26n() {
+    // Every yolo26n shape goes through Newton–Schulz (depthwise 16×1×3×3 is transposed, the
+    // head's 4×16×1×1 is tiny, 256×256×3×3 is the largest), with finite results.
+    let Some(params) = yolo26n_params() else { return };
+    let cfg =
+        OptimConfig { kind: OptimizerKind::MuSgd, build_momentum: 0.9, batches_per_epoch: 100, ..Default::default() };
+    let mut opt = Optimizer::new(&cfg, &params);
+    opt.set_iteration(5, 500);
+    let mut values: Vec<Vec<f32>> = params.iter().enumerate().map(|(i, p)| noise(p.numel(), i as u64)).collect();
+    let grads: Vec<Vec<f32>> = params.iter().enumerate().map(|(i, p)| noise(p.numel(), 7000 + i as u64)).collect();
+    let before = values.clone();
+    let mut batch: Vec<(&str, &mut [f32], &[f32])> = params
+        .iter()
+        .zip(values.iter_mut())
+        .zip(&grads)
+        .map(|((p, v), g)| (p.name.as_str(), v.as_mut_slice(), g.as_slice()))
+        .collect();
+    let t = std::time::Instant::now();
+    opt.step(&mut batch);
+    eprintln!("MuSGD step over yolo26n ({} tensors): {:?}", params.len(), t.elapsed());
+    for ((p, a), b) in params.iter().zip(&values).zip(&before) {
+        assert!(a.iter().all(|v| v.is_finite()), "{}: non-finite", p.name);
+        assert!(a != b, "{}: not updated", p.name);
+        let st = opt.param_state(&p.name).unwrap();
+        let is_muon = p.shape.len() == 4;
+        assert_eq!(st.momentum_buffer_sgd.is_some(), is_muon, "{}", p.name);
+        assert!(st.momentum_buffer.is_some());
+    }
 }
