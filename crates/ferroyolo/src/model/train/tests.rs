@@ -565,3 +565,120 @@ fn detached_one2one_and_frozen_layers() {
     };
     assert_eq!(rm(&mut m, "").0, rm(&mut model.clone(), "").0, "frozen BatchNorm statistics unchanged");
 }
+
+
+/// Gradients of `L = Σ_heads (Σ boxes²/2 + Σ logits/1000)` for the whole yolo26n in training mode
+/// on the fixture batch (4×3×320×320), against the reference. Expected numbers from (Ultralytics
+/// 8.4.190, torch CPU, fp32):
+///
+/// ```python
+/// m = torch.load(f"{fx}/weights/{name}.pt", weights_only=False)["model"].float().train()
+/// for p in m.parameters(): p.requires_grad_(True)
+/// out = m(torch.from_numpy(np.load(f"{fx}/reference/loss_batch_img.npy")))
+/// L = sum((out[k]["boxes"] ** 2).sum() / 2 + out[k]["scores"].sum() / 1000 for k in ("one2many", "one2one"))
+/// L.backward()
+/// norms = {n: p.grad.norm().item() for n, p in m.named_parameters()}
+/// global_norm = sum((p.grad.double() ** 2).sum() for p in m.parameters()) ** 0.5
+/// ```
+/// `running` is `m.state_dict()["model.0.bn.running_var"][:4]` after that forward.
+fn check_against_reference(name: &str, loss: f64, global: f64, norms: &[(&str, f64)], running_var: [f32; 4]) {
+    let fx = crate::fixtures_or_skip!();
+    let (mut model, _) = load(&fx, name);
+    let (out, tape) = model.forward_train(&batch_image(&fx), &no_freeze);
+    let ours: f64 = [&out.one2many, &out.one2one]
+        .iter()
+        .map(|h| h.boxes.iter().map(|&b| (b as f64).powi(2) / 2.0).sum::<f64>() + h.logits.iter().map(|&v| v as f64).sum::<f64>() / 1000.0)
+        .sum();
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    assert!(rel(ours, loss) < 1e-4, "{name}: L {ours} vs reference {loss}");
+    let grads = backward_with(&model, tape, &toy_loss_grads(&out));
+    assert_eq!(grads.len(), 366, "{name}: every parameter has a gradient");
+    assert!(rel(grads.global_norm(), global) < 1e-3, "{name}: global norm {} vs {global}", grads.global_norm());
+    for &(p, want) in norms {
+        let got = grads.norm(p).unwrap();
+        assert!(rel(got, want) < 1e-3, "{name}: |grad {p}| = {got}, reference {want}");
+    }
+    let Layer::Conv(c) = &model.layers[0] else { unreachable!() };
+    for (got, want) in c.bn.running_var.iter().zip(running_var) {
+        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{name}: running_var {got} vs {want}");
+    }
+}
+
+#[test]
+fn whole_network_matches_reference_rand() {
+    check_against_reference(
+        "yolo26n-rand",
+        127731.21875,
+        295986.74158048106,
+        &[
+            ("model.0.conv.weight", 40169.6484375),
+            ("model.2.m.0.cv1.bn.weight", 1828.58984375),
+            ("model.9.cv2.conv.weight", 18059.8671875),
+            ("model.10.m.0.attn.qkv.conv.weight", 8609.1044921875),
+            ("model.16.m.0.m.1.cv2.bn.bias", 33.88994216918945),
+            ("model.22.m.0.1.attn.pe.conv.weight", 87.31145477294922),
+            ("model.23.cv2.0.2.weight", 18173.462890625),
+            ("model.23.cv3.2.2.bias", 3.5776941776275635),
+            ("model.23.one2one_cv2.1.0.conv.weight", 3011.07958984375),
+            ("model.23.one2one_cv3.0.2.bias", 57.24082565307617),
+        ],
+        [1.0023728609085083, 1.1337661743164062, 0.5131606459617615, 0.866188108921051],
+    );
+}
+
+#[test]
+fn whole_network_matches_reference_coco() {
+    check_against_reference(
+        "yolo26n-coco",
+        315210.25,
+        209446.62137495403,
+        &[
+            ("model.0.conv.weight", 455.0831604003906),
+            ("model.2.m.0.cv1.bn.weight", 1081.8358154296875),
+            ("model.9.cv2.conv.weight", 9983.484375),
+            ("model.10.m.0.attn.qkv.conv.weight", 3967.25),
+            ("model.16.m.0.m.1.cv2.bn.bias", 519.95703125),
+            ("model.22.m.0.1.attn.pe.conv.weight", 195.80519104003906),
+            ("model.23.cv2.0.2.weight", 101107.625),
+            ("model.23.cv3.2.2.bias", 3.5776941776275635),
+            ("model.23.one2one_cv2.1.0.conv.weight", 5278.57958984375),
+            ("model.23.one2one_cv3.0.2.bias", 57.24082565307617),
+        ],
+        [23.294233322143555, 15.595634460449219, 26.135921478271484, 29.331388473510742],
+    );
+}
+
+/// Timing of one training forward + backward (batch 8, 320×320 by default; `FERROYOLO_BENCH_BATCH`
+/// and `FERROYOLO_BENCH_SIZE` change it): `cargo test --release -p ferroyolo --lib
+/// bench_train_step -- --ignored --nocapture`, with `RAYON_NUM_THREADS` for the thread count.
+#[test]
+#[ignore]
+fn bench_train_step() {
+    let fx = crate::fixtures_or_skip!();
+    let (model, _) = load(&fx, "yolo26n-rand");
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (batch, size) = (env("FERROYOLO_BENCH_BATCH", 8), env("FERROYOLO_BENCH_SIZE", 320));
+    let img = batch_image(&fx);
+    let per = 3 * size * size;
+    let data: Vec<f32> = (0..batch).flat_map(|i| img.image(i % 4).iter().cycle().take(per).copied().collect::<Vec<_>>()).collect();
+    let x = Tensor::new([batch, 3, size, size], data);
+    let mut times = Vec::new();
+    for _ in 0..6 {
+        let mut m = model.clone();
+        let t0 = std::time::Instant::now();
+        let (out, tape) = m.forward_train(&x, &no_freeze);
+        let t1 = std::time::Instant::now();
+        let g = toy_loss_grads(&out);
+        let grads = backward_with(&m, tape, &g);
+        let t2 = std::time::Instant::now();
+        assert!(grads.global_norm().is_finite());
+        times.push(((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3));
+    }
+    times.remove(0);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (f, b) = (median(times.iter().map(|t| t.0).collect()), median(times.iter().map(|t| t.1).collect()));
+    eprintln!("batch {batch} at {size}²: forward {f:.0} ms, backward {b:.0} ms, total {:.0} ms ({} threads)", f + b, rayon::current_num_threads());
+}
