@@ -308,7 +308,8 @@ fn branch_terms<T: Real>(
             let (ciou, d, alpha) = ciou::ciou_grad(pred, t.map(f64::from), frozen);
             alphas.push(alpha);
             ciou_sum += (1.0 - ciou) * weight;
-            // x1 = ax − l and y1 = ay − t fall as l, t grow; x2, y2 rise with r, b.
+            // ∂(1 − CIoU)/∂(l, t, r, b): x1 = ax − l and y1 = ay − t fall as l, t grow, while
+            // x2 = ax + r and y2 = ay + b rise with r, b.
             let d_raw = [d[0], d[1], -d[2], -d[3]];
 
             let s = s as f64;
@@ -316,6 +317,7 @@ fn branch_terms<T: Real>(
             for k in 0..4 {
                 let diff = (raw[k] - target_ltrb[k] as f64) * s / side_norm[k];
                 l1 += diff.abs();
+                // |·| has slope 0 at 0, as the reference's autograd takes it (sign(0) = 0).
                 let sign = if diff > 0.0 {
                     1.0
                 } else if diff < 0.0 {

@@ -91,8 +91,11 @@ fn candidate_region(b: [f32; 4], stride_val: f32) -> [f32; 4] {
 }
 
 /// Indices of the `k` largest `values`, ties broken by lower index (a total order, so the result is
-/// deterministic). The reference's top-k leaves tie order to the sort implementation; ties only
-/// occur between zero metrics, which are harmless except in contrived cases.
+/// deterministic). The reference leaves tie order to its sort implementation (CPU and CUDA differ).
+/// Ties occur in practice only among zero metrics: when a ground truth has fewer than `k` candidates
+/// with a positive metric, zero-metric anchors fill its list, and those that are candidates (CIoU
+/// clamped to 0) become positives with a zero soft target. They add nothing to the loss unless they
+/// collide with another ground truth's positive and so trigger the conflict resolution.
 fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     let order = |&i: &usize, &j: &usize| values[j].partial_cmp(&values[i]).unwrap_or(Ordering::Equal).then(i.cmp(&j));
     let mut idx: Vec<usize> = (0..values.len()).collect();
@@ -124,12 +127,8 @@ fn sigmoid(x: f32) -> f32 {
 fn assign_image(head: &HeadOutput, n: usize, gts: &[GtBox], spec: AssignerSpec, stride_val: f32) -> Assignment {
     let na = head.anchors;
     let g_count = gts.len();
-    let mut out = Assignment {
-        fg: vec![false; na],
-        score: vec![0.0; na],
-        class: vec![0; na],
-        target_xyxy: vec![[0.0; 4]; na],
-    };
+    let mut out =
+        Assignment { fg: vec![false; na], score: vec![0.0; na], class: vec![0; na], target_xyxy: vec![[0.0; 4]; na] };
     if g_count == 0 {
         return out;
     }
