@@ -211,10 +211,16 @@ impl OptimConfig {
         (round_half_even(self.nbs as f64 / self.batch.max(1) as f64) as usize).max(1)
     }
 
-    /// Nominal gradient accumulation, capped at the run's total iterations as the trainer does.
+    /// Nominal gradient accumulation, capped at the run's total iterations as the trainer does
+    /// (no cap while `batches_per_epoch` is still 0, i.e. unknown).
     pub fn nominal_accumulate(&self) -> usize {
         let total = self.batches_per_epoch * self.epochs;
-        self.uncapped_accumulate().min(total).max(1)
+        let acc = self.uncapped_accumulate();
+        if total == 0 {
+            acc
+        } else {
+            acc.min(total)
+        }
     }
 
     /// Weight decay scaled to the effective batch: `weight_decay · batch · accumulate / nbs`
@@ -450,6 +456,7 @@ mod config_tests {
         let tiny = OptimConfig { batches_per_epoch: 1, epochs: 2, ..OptimConfig::default() };
         assert_eq!(tiny.nominal_accumulate(), 2);
         assert_eq!(tiny.scaled_weight_decay(), 0.0005);
+        assert_eq!(OptimConfig::default().nominal_accumulate(), 4, "unknown run length: no cap");
         // Warmup: min(3, E − 1) epochs of iterations, rounded half to even; none for one epoch.
         assert_eq!(cfg.warmup_iterations(), 30);
         assert_eq!(OptimConfig { epochs: 2, ..cfg.clone() }.warmup_iterations(), 10);
