@@ -1,11 +1,10 @@
 //! The multi-head self-attention core of YOLO26's `Attention` module (softmax(qᵀk·scale), then v·attnᵀ).
 
-use rayon::prelude::*;
-
 use super::buffers;
 use super::profile;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
+use super::threads::for_chunks_mut;
 
 /// Multi-head self-attention over the `N = H·W` positions of a map.
 ///
@@ -55,7 +54,7 @@ pub(crate) fn attention_isa(
     }
     // One task per (image, head), each on one thread: a head is only ~30 MFLOP, too little to split
     // further without the threads waiting on each other.
-    let work = |(task, o): (usize, &mut [f32])| {
+    let work = |task: usize, o: &mut [f32]| {
         let (img, hd) = (task / heads, task % heads);
         let block = &qkv.image(img)[hd * per_head * n..(hd + 1) * per_head * n];
         let (q, rest) = block.split_at(key_dim * n);
@@ -63,11 +62,7 @@ pub(crate) fn attention_isa(
         // Scores, stored transposed: st[j][i] = score of query i against key j.
         super::conv::with_scratch(n * n, |st| head(q, k, v, n, key_dim, head_dim, scale, st, o, isa));
     };
-    if b * heads > 1 && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(head_dim * n).enumerate().for_each(work);
-    } else {
-        out.chunks_mut(head_dim * n).enumerate().for_each(work);
-    }
+    for_chunks_mut(&mut out, head_dim * n, true, &work);
     let shape = [b, heads * head_dim, h, w];
     (Tensor::new(shape, out), Tensor::new(shape, v_out))
 }

@@ -24,12 +24,11 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use anyhow::{ensure, Result};
-use rayon::prelude::*;
-
 use super::buffers;
 use super::profile;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
+use super::threads::{for_chunks_mut, num_threads, parallel_for, SyncPtr};
 
 /// The activation fused into a convolution's output pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,7 +385,7 @@ impl Conv2d {
                 }
             }
         };
-        let threads = rayon::current_num_threads();
+        let threads = num_threads();
         let extra = (self.kernel - 1) / s;
         let per_channel = s * s * geo.hq * geo.wq;
         let whole_len = self.in_channels * per_channel;
@@ -415,11 +414,7 @@ impl Conv2d {
                         with_scratch(tmp_len, |tmp| gemm(&chans, &taps, out_img.get(), rows, tmp, false));
                     });
                 };
-                if threads > 1 {
-                    (0..geo.ho.div_ceil(band)).into_par_iter().for_each(work);
-                } else {
-                    (0..geo.ho.div_ceil(band)).for_each(work);
-                }
+                parallel_for(geo.ho.div_ceil(band), &work);
                 continue;
             }
             let taps = self.tap_offsets(geo);
@@ -491,12 +486,8 @@ impl Conv2d {
                     };
                 });
                 let bias = &self.bias[g * cout_g..(g + 1) * cout_g];
-                let epilogue = |(row, &b): (&mut [f32], &f32)| bias_act(row, b, act, isa);
-                if out.len() >= 1 << 16 {
-                    out.par_chunks_mut(npix).zip(bias.par_iter()).for_each(epilogue);
-                } else {
-                    out.chunks_mut(npix).zip(bias).for_each(epilogue);
-                }
+                let big = out.len() >= 1 << 16;
+                for_chunks_mut(out, npix, big, &|i, row| bias_act(row, bias[i], act, isa));
             }
         }
     }
@@ -510,7 +501,7 @@ impl Conv2d {
         // Offset of each tap's run for output row 0 (row y adds y·Wq), as in `tap_offsets`.
         let taps = self.tap_offsets(geo);
         let silu = act == Activation::Silu;
-        let work = |(i, out): (usize, &mut [f32])| {
+        let work = |i: usize, out: &mut [f32]| {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
@@ -518,25 +509,8 @@ impl Conv2d {
                 depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
-        if out.len() >= 1 << 14 {
-            out.par_chunks_mut(plane_out).enumerate().for_each(work);
-        } else {
-            out.chunks_mut(plane_out).enumerate().for_each(work);
-        }
-    }
-}
-
-/// An output pointer shared by rayon tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub(crate) *mut f32);
-// SAFETY: every user hands each task a disjoint region to write (see the call sites).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// By method, so closures capture the wrapper and not (by edition-2021 disjoint capture) the raw field.
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
+        let big = out.len() >= 1 << 14;
+        for_chunks_mut(out, plane_out, big, &work);
     }
 }
 
@@ -574,7 +548,8 @@ fn build_phases(
 ) {
     let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
     let per_channel = s * s * hq * wq;
-    let one = |(dst, src): (&mut [f32], &&[f32])| {
+    let one = |ci: usize, dst: &mut [f32]| {
+        let src = planes[ci];
         for (ph, phase) in dst.chunks_mut(hq * wq).enumerate() {
             let (a, b) = (ph / s, ph % s);
             // Columns j with 0 <= j·s + b - p < w.
@@ -603,11 +578,8 @@ fn build_phases(
         }
     };
     let dst = &mut dst[..planes.len() * per_channel];
-    if parallel && planes.len() > 1 && dst.len() >= 1 << 16 {
-        dst.par_chunks_mut(per_channel).zip(planes.par_iter()).for_each(one);
-    } else {
-        dst.chunks_mut(per_channel).zip(planes).for_each(one);
-    }
+    let big = parallel && dst.len() >= 1 << 16;
+    for_chunks_mut(dst, per_channel, big, &one);
 }
 
 /// `dst[i] = src[2·i]` (stride-2 columns of one input row into one phase row).
@@ -669,7 +641,7 @@ unsafe fn compact_rows(tmp: &[f32], out: *mut f32, channels: usize, rows: usize,
         }
     };
     if channels * rows * geo.wo >= 1 << 16 {
-        (0..channels).into_par_iter().for_each(one);
+        parallel_for(channels, &one);
     } else {
         (0..channels).for_each(one);
     }

@@ -1,12 +1,10 @@
 //! Element-wise and data-movement kernels: activations, residual add, channel concat / split.
 
-use rayon::prelude::*;
-
 use super::buffers;
-use super::conv::SyncPtr;
 use super::profile;
 use super::simd;
 use super::tensor::Tensor;
+use super::threads::{for_chunks_mut, num_threads, parallel_for, SyncPtr};
 
 /// Below this many elements an element-wise pass runs on the calling thread: splitting it would cost
 /// more in rayon overhead than it saves.
@@ -29,11 +27,8 @@ pub fn silu_inplace(t: &mut Tensor) {
     let span = profile::start();
     let shape = t.shape();
     let data = t.data_mut();
-    if data.len() < PAR_MIN {
-        simd::silu_slice(data);
-    } else {
-        data.par_chunks_mut(PAR_MIN / 2).for_each(simd::silu_slice);
-    }
+    let big = data.len() >= PAR_MIN;
+    for_chunks_mut(data, PAR_MIN / 2, big, &|_, c| simd::silu_slice(c));
     span.finish(0, || format!("silu {shape:?}"));
 }
 
@@ -47,11 +42,9 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) {
     let shape = a.shape();
     let isa = simd::isa();
     let (a, b) = (a.data_mut(), b.data());
-    if a.len() < PAR_MIN {
-        add_slices(a, b, isa);
-    } else {
-        a.par_chunks_mut(PAR_MIN / 2).zip(b.par_chunks(PAR_MIN / 2)).for_each(|(a, b)| add_slices(a, b, isa));
-    }
+    let big = a.len() >= PAR_MIN;
+    let chunk = PAR_MIN / 2;
+    for_chunks_mut(a, chunk, big, &|i, a| add_slices(a, &b[i * chunk..i * chunk + a.len()], isa));
     span.finish(0, || format!("add {shape:?}"));
 }
 
@@ -118,7 +111,7 @@ fn gather(pieces: &[&[f32]]) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     let mut out = buffers::take(total);
-    if total < 4 * CHUNK || rayon::current_num_threads() == 1 {
+    if total < 4 * CHUNK || num_threads() == 1 {
         for p in pieces {
             out.extend_from_slice(p);
         }
@@ -134,7 +127,8 @@ fn gather(pieces: &[&[f32]]) -> Vec<f32> {
         }
     }
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    jobs.par_iter().for_each(|&(src, at)| {
+    parallel_for(jobs.len(), &|j| {
+        let (src, at) = jobs[j];
         // SAFETY: `at + src.len() <= total <= capacity`, the jobs' destination ranges are disjoint,
         // and the source tensors are distinct from the fresh output buffer.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.get().add(at), src.len()) };

@@ -127,7 +127,6 @@ unsafe impl Sync for GemmArgs<'_> {}
 /// lengths documented on [`GemmArgs`].
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
-    use rayon::prelude::*;
     assert!(g.a.len() >= g.m.div_ceil(MR) * g.k * MR && g.bias.len() >= g.m.div_ceil(MR) * MR);
     assert_eq!(g.b_rows.len(), g.k);
     if g.m == 0 || g.rows == 0 || g.cols == 0 {
@@ -136,7 +135,7 @@ pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
     let tiling = Tiling::new(g);
     let tiles = g.rows * tiling.per_row();
     let panels = g.m.div_ceil(MR);
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel { super::threads::num_threads() } else { 1 };
     // Several chunks per thread so an uneven split (or a busy core) balances out; split C's rows as
     // well when there are too few column tiles (small maps, e.g. 20×20).
     let target = if threads == 1 { 1 } else { threads * 4 };
@@ -148,12 +147,7 @@ pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
         // SAFETY: forwarded from the caller; each item writes only its own (tile range × panel range).
         unsafe { run_block(g, tiling, t0..t1, p0..p1) };
     };
-    let items = t_chunks * m_chunks;
-    if items == 1 {
-        work(0);
-    } else {
-        (0..items).into_par_iter().for_each(work);
-    }
+    super::threads::parallel_for(t_chunks * m_chunks, &work);
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -8,7 +8,9 @@
 //! * [`max_pool2d`], [`upsample_nearest`], [`concat_channels`], [`narrow_channels`], [`add_assign`],
 //!   [`silu_inplace`], and the [`attention`] core of YOLO26's `Attention` block.
 //!
-//! Parallelism comes from the global rayon pool; [`set_num_threads`] sizes it. CPU features are
+//! Kernels split their work over a small fork-join team of spinning helper threads (see `threads.rs`:
+//! rayon's sleeping workers take tens of µs to wake, a large share of a 100 µs kernel), sized like the
+//! current rayon pool; [`set_num_threads`] sizes that. CPU features are
 //! detected at run time ([`Isa`]); `FERROYOLO_ISA=portable|avx2` forces a lower tier.
 
 mod attention;
@@ -21,6 +23,7 @@ mod pool;
 mod profile;
 mod simd;
 mod tensor;
+mod threads;
 
 #[cfg(test)]
 mod testutil;
@@ -33,17 +36,4 @@ pub use pool::{max_pool2d, upsample_nearest};
 pub use profile::{profile_report, set_profiling};
 pub use simd::{isa, Isa};
 pub use tensor::Tensor;
-
-/// Sizes the global rayon pool every kernel runs on (`0` = one thread per core).
-///
-/// Call it once, before any compute. The pool can only be built once per process, so later calls (or a
-/// call after rayon already started its default pool) are ignored.
-pub fn set_num_threads(n: usize) {
-    // An Err only means the global pool already exists; keeping it is the documented behaviour.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-}
-
-/// Number of threads the kernels use (the size of the current rayon pool).
-pub fn num_threads() -> usize {
-    rayon::current_num_threads()
-}
+pub use threads::{num_threads, set_num_threads};

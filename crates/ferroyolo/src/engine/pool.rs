@@ -1,10 +1,9 @@
 //! Spatial resampling: max pooling and nearest-neighbour upsampling.
 
-use rayon::prelude::*;
-
 use super::buffers;
 use super::profile;
 use super::tensor::Tensor;
+use super::threads::{for_chunks_mut, parallel_for, SyncPtr};
 
 /// Planes smaller than this are processed in groups so each rayon task has enough work.
 const TASK_MIN: usize = 1 << 14;
@@ -32,12 +31,12 @@ fn max_pool2d_inner(x: &Tensor, kernel: usize, stride: usize, padding: usize) ->
     let mut out = buffers::zeros(n * c * ho * wo);
     let planes_per_task = (TASK_MIN / (h * w).max(1)).max(1);
     let g = PoolGeometry { h, w, ho, wo, kernel, stride, padding };
-    let task = |(out, inp): (&mut [f32], &[f32])| pool_planes(out, inp, g);
-    if out.len() >= TASK_MIN {
-        out.par_chunks_mut(ho * wo * planes_per_task).zip(x.data().par_chunks(h * w * planes_per_task)).for_each(task);
-    } else {
-        task((&mut out, x.data()));
-    }
+    let per_task_in = h * w * planes_per_task;
+    let big = out.len() >= TASK_MIN;
+    for_chunks_mut(&mut out, ho * wo * planes_per_task, big, &|i, out| {
+        let inp = &x.data()[i * per_task_in..((i + 1) * per_task_in).min(x.numel())];
+        pool_planes(out, inp, g)
+    });
     Tensor::new([n, c, ho, wo], out)
 }
 
@@ -122,7 +121,7 @@ fn upsample_inner(x: &Tensor, scale: usize) -> Tensor {
     let total = n * c * ho * wo;
     // Written once, straight into the (uninitialised) output: no zero-fill pass over it first.
     let mut out = buffers::take(total);
-    let dst = super::conv::SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     let plane = |pl: usize| {
         let src = &x.data()[pl * h * w..(pl + 1) * h * w];
         // SAFETY: plane `pl`'s `ho·wo` outputs lie inside the `total`-element capacity, and each plane
@@ -148,7 +147,7 @@ fn upsample_inner(x: &Tensor, scale: usize) -> Tensor {
         }
     };
     if total >= TASK_MIN * 4 {
-        (0..n * c).into_par_iter().for_each(plane);
+        parallel_for(n * c, &plane);
     } else {
         (0..n * c).for_each(plane);
     }
