@@ -499,15 +499,21 @@ impl TrainLoader {
     }
 
     /// The batches of the current epoch, in order. Background threads build them ahead of
-    /// consumption (a few per worker); dropping the iterator stops them. A batch whose images
-    /// cannot be read is an error item; the following batches still come.
+    /// consumption (at most `workers + 1` batches ahead); dropping the iterator stops them.
+    /// A batch whose images cannot be read is an error item; the following batches still come.
+    ///
+    /// With `workers > 0` the threads compete for cores with whatever consumes the batches;
+    /// they are plain threads, not the global rayon pool, so model compute is not queued behind
+    /// image work.
     pub fn iter(&self) -> Batches<'_> {
         let plan = Arc::new(self.plan());
         let len = plan.batches();
         // As the reference: no more workers than batches, none for a single batch.
         let workers = if len <= 1 { 0 } else { self.workers.min(len) };
         let queue = Arc::new(Queue { state: Mutex::new(QueueState::default()), ready: Condvar::new() });
-        let ahead = 2 * workers.max(1);
+        // Batches started beyond the consumer: enough to keep every worker busy with one more
+        // ready, no more (a 640 batch of 16 is 79 MB of f32).
+        let ahead = workers + 1;
         let handles = (0..workers)
             .map(|k| {
                 let (plan, shared, queue) = (plan.clone(), self.shared.clone(), queue.clone());
