@@ -63,10 +63,11 @@ pub fn rgb_to_hsv(rgb: [u8; 3]) -> [u8; 3] {
 
 /// One OpenCV 8-bit HSV pixel (hue 0..180) back to RGB (`COLOR_HSV2RGB`).
 ///
-/// This follows OpenCV's vectorised path, which converts all but the last few pixels of each
-/// row (all of them when the row length is a multiple of 32, as training images are): saturation
-/// and value scaled to 0..1, six-sector formula in single precision, then scaled back by 255 and
-/// *truncated*. (Its scalar tail rounds instead; that difference is deliberately not copied.)
+/// This follows OpenCV's vectorised path, which converts all but a remainder of fewer than 32
+/// (AVX2) or 64 (AVX-512) pixels at the end of a run, none for the square, stride-multiple
+/// training images: saturation and value scaled to 0..1, six-sector formula in single precision
+/// with `1 - s*h` fused, then scaled back by 255 and *truncated*. (OpenCV's scalar remainder
+/// rounds instead; that difference is deliberately not copied.)
 #[inline]
 pub fn hsv_to_rgb(hsv: [u8; 3]) -> [u8; 3] {
     let s = hsv[1] as f32 * (1.0f32 / 255.0);
