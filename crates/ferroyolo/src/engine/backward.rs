@@ -25,6 +25,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::Activation;
+use super::profile;
+use super::simd;
 use super::tensor::Tensor;
 
 /// The input channels of a convolution: `n` images of `channels` planes of `h × w`, borrowed from
@@ -157,15 +159,23 @@ struct Mat<'a> {
 /// `c (m × n, row stride ldc) = [c +] a (m × k) · b (k × n)`, single-threaded (callers parallelise
 /// over images or heads, which keeps every thread busy without nested splitting).
 fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], ldc: usize, accumulate: bool, a: Mat, b: Mat) {
+    matmul_strided(m, n, k, c, ldc, 1, accumulate, a, b)
+}
+
+/// [`matmul`] with any layout of `c`: element `(i, j)` at `c[i·c_rs + j·c_cs]`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_strided(m: usize, n: usize, k: usize, c: &mut [f32], c_rs: usize, c_cs: usize, accumulate: bool, a: Mat, b: Mat) {
     if m == 0 || n == 0 {
         return;
     }
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, n, ldc, 1) < c.len(), "matmul: c out of bounds");
+    assert!(last(m, n, c_rs, c_cs) < c.len(), "matmul: c out of bounds");
     if k == 0 {
         if !accumulate {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * c_rs + j * c_cs] = 0.0;
+                }
             }
         }
         return;
@@ -180,8 +190,8 @@ fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], ldc: usize, accumulate: b
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            ldc as isize,
+            c_cs as isize,
+            c_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -204,14 +214,23 @@ fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], ldc: usize, accumulate: b
 /// # Panics
 /// If the shapes disagree with `shape`.
 pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor, needs: Needs) -> ConvGrads {
+    let span = profile::start();
     let (n, h, w) = (x.n, x.h, x.w);
     let (ho, wo) = shape.output_size(h, w);
     assert_eq!(x.channels, shape.in_channels, "conv2d_backward: input channels");
     assert_eq!(dy.shape(), [n, shape.out_channels, ho, wo], "conv2d_backward: dy shape");
     assert_eq!(weight.len(), shape.weight_len(), "conv2d_backward: weight length");
     let bias = needs.bias.then(|| bias_grad(dy));
-    let mut input = needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]));
-    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut() {
+    // With stride 1 the input gradient is itself a convolution (of dy, with the kernels flipped and
+    // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im.
+    let via_forward = needs.input && shape.stride == 1 && shape.padding < shape.kernel;
+    let mut input = if via_forward {
+        Some(transposed_conv(shape, weight).forward(dy, Activation::Identity))
+    } else {
+        needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]))
+    };
+    let needs = Needs { input: needs.input && !via_forward, ..needs };
+    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| needs.input) {
         Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
         None => (0..n).map(|_| None).collect(),
     };
@@ -233,7 +252,32 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
     } else {
         None
     };
+    let flops = 2 * (shape.weight_len() * ho * wo * n) as u64 * (needs.input as u64 + needs.weight as u64);
+    span.finish(flops, || {
+        let ConvShape { in_channels: ci, out_channels: co, kernel: k, stride: s, groups: g, .. } = shape;
+        format!("bwd conv k{k} s{s} g{g} {ci}->{co} {h}x{w}")
+    });
     ConvGrads { input, weight: weight_grad, bias }
+}
+
+/// The stride-1 convolution whose output is the input gradient of `shape`'s convolution:
+/// `W'[ci][co'][ky][kx] = W[co][ci'][k−1−ky][k−1−kx]` within each group, padding `k − 1 − p`.
+fn transposed_conv(shape: ConvShape, weight: &[f32]) -> super::Conv2d {
+    let ConvShape { in_channels: cin, out_channels: cout, kernel: k, padding: p, groups: g, .. } = shape;
+    let (cin_g, cout_g) = (cin / g, cout / g);
+    let kk = k * k;
+    let mut wt = vec![0.0f32; weight.len()];
+    for co in 0..cout {
+        let (grp, co_l) = (co / cout_g, co % cout_g);
+        for ci_l in 0..cin_g {
+            let src = &weight[(co * cin_g + ci_l) * kk..][..kk];
+            let dst = &mut wt[((grp * cin_g + ci_l) * cout_g + co_l) * kk..][..kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    super::Conv2d::new(cout, cin, k, 1, k - 1 - p, g, wt, None).expect("a valid convolution has a valid transpose")
 }
 
 fn sum_opt(a: Option<Vec<f32>>, b: Option<Vec<f32>>) -> Option<Vec<f32>> {
@@ -253,6 +297,19 @@ fn bias_grad(dy: &Tensor) -> Vec<f32> {
     (0..c)
         .map(|ch| (0..n).map(|img| dy.plane(img, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32)
         .collect()
+}
+
+/// `dw (rows × cols, row stride ld) += dy (rows × npix) · xᵀ (npix × cols)`, computed as its
+/// transpose when `cols > rows`: the gemm's micro-kernel tiles are tall, so a short `rows` (16 output
+/// channels, say) would leave most of each tile idle.
+fn weight_grad(rows: usize, cols: usize, npix: usize, dw: &mut [f32], ld: usize, dy: Mat, x: Mat) {
+    if cols > rows {
+        let xt = Mat { data: x.data, rs: x.cs, cs: x.rs };
+        let dyt = Mat { data: dy.data, rs: dy.cs, cs: dy.rs };
+        matmul_strided(cols, rows, npix, dw, 1, ld, true, xt, dyt);
+    } else {
+        matmul(rows, cols, npix, dw, ld, true, dy, x);
+    }
 }
 
 /// One image of a dense (or grouped) convolution: `dW += dY · colᵀ`, `dX = col2im(Wᵀ · dY)`.
@@ -286,7 +343,7 @@ fn dense_image(shape: ConvShape, x: &Planes, img: usize, weight: &[f32], dy: &Te
                     // SAFETY: the run check above proved planes c0..c0+len are one contiguous
                     // block of `len · npix` floats inside the same tensor.
                     let run = unsafe { std::slice::from_raw_parts(xs[c0].as_ptr(), len * npix) };
-                    matmul(cout_g, len, npix, &mut dwg[c0..], kk, true, dyg, Mat { data: run, rs: 1, cs: npix });
+                    weight_grad(cout_g, len, npix, &mut dwg[c0..], kk, dyg, Mat { data: run, rs: 1, cs: npix });
                     c0 += len;
                 }
             }
@@ -300,7 +357,7 @@ fn dense_image(shape: ConvShape, x: &Planes, img: usize, weight: &[f32], dy: &Te
             if let Some(dw) = dw.as_deref_mut() {
                 im2col(xs, h, w, ho, wo, k, s, p, col);
                 let dwg = &mut dw[grp * cout_g * kk..(grp + 1) * cout_g * kk];
-                matmul(cout_g, kk, npix, dwg, kk, true, dyg, Mat { data: col, rs: 1, cs: npix });
+                weight_grad(cout_g, kk, npix, dwg, kk, dyg, Mat { data: col, rs: 1, cs: npix });
             }
             if let Some(dx) = dx.as_deref_mut() {
                 matmul(kk, npix, cout_g, col, npix, false, wt, dyg);
@@ -432,21 +489,71 @@ fn planes_by_channel(t: &mut Tensor) -> Vec<Vec<&mut [f32]>> {
     per_ch
 }
 
-/// Per-channel mean and biased variance of `z` over batch and space (two passes, `f64` sums).
+/// Per-channel mean and biased variance of `z` over batch and space (two passes; lane sums in
+/// f32 within a plane, f64 across planes).
 pub fn channel_stats(z: &Tensor) -> (Vec<f32>, Vec<f32>) {
+    let span = profile::start();
     let [n, c, h, w] = z.shape();
     let count = (n * h * w) as f64;
-    (0..c)
+    let stats = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = (0..n).map(|i| z.plane(i, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / count;
-            let var = (0..n)
-                .map(|i| z.plane(i, ch).iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum::<f64>()
-                / count;
+            let mean = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), 0.0, false))).sum::<f64>() / count;
+            let var = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), mean as f32, true))).sum::<f64>() / count;
             (mean as f32, var as f32)
         })
-        .unzip()
+        .unzip();
+    span.finish(0, || format!("bwd bn stats {:?}", z.shape()));
+    stats
+}
+
+/// Runs `$f(args)` through a copy compiled for AVX-512 when the CPU has it, so the plain loops
+/// inside (written with independent lanes and [`simd::exp_fast`]) vectorise at full width.
+macro_rules! dispatch {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd::isa() == simd::Isa::Avx512 {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+                    f()
+                }
+                // SAFETY: only reached when the CPU supports AVX-512F.
+                unsafe { wide(#[inline(always)] || $f($($arg),*)) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+use dispatch;
+
+/// Lanes of independent partial sums: a float reduction written as one chain cannot vectorise
+/// (the compiler may not reorder float additions).
+const LANES: usize = 16;
+
+/// `Σ v` (or `Σ (v − shift)²` when `square`), f32 lanes, f64 result.
+#[inline(always)]
+fn lane_sum(v: &[f32], shift: f32, square: bool) -> f64 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let d = x - shift;
+            *a += if square { d * d } else { d };
+        }
+    }
+    let mut total: f64 = acc.iter().map(|&a| a as f64).sum();
+    for &x in tail {
+        let d = (x - shift) as f64;
+        total += if square { d * d } else { d };
+    }
+    total
 }
 
 /// BatchNorm's running-statistics update (PyTorch): `r ← (1 − m)·r + m·batch`, with the unbiased
@@ -463,29 +570,35 @@ pub fn update_running_stats(running_mean: &mut [f32], running_var: &mut [f32], m
 
 /// `act(γ·(z − mean)·invstd + β)` per channel.
 pub fn batch_norm_act(z: &Tensor, mean: &[f32], invstd: &[f32], gamma: &[f32], beta: &[f32], act: Activation) -> Tensor {
+    let span = profile::start();
     let [_, c, h, w] = z.shape();
     let mut out = z.clone();
     out.data_mut().par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, plane)| {
         let ch = i % c;
-        let (m, scale, b) = (mean[ch], invstd[ch] * gamma[ch], beta[ch]);
-        for v in plane.iter_mut() {
-            let y = (*v - m) * scale + b;
-            *v = match act {
-                Activation::Identity => y,
-                Activation::Silu => y / (1.0 + (-y).exp()),
-            };
-        }
+        dispatch!(affine_act(plane, mean[ch], invstd[ch] * gamma[ch], beta[ch], act));
     });
+    span.finish(0, || format!("bwd bn+act forward {:?}", z.shape()));
     out
 }
 
+/// `v ← act((v − m)·scale + b)`.
+#[inline(always)]
+fn affine_act(v: &mut [f32], m: f32, scale: f32, b: f32, act: Activation) {
+    match act {
+        Activation::Identity => v.iter_mut().for_each(|x| *x = (*x - m) * scale + b),
+        Activation::Silu => v.iter_mut().for_each(|x| *x = simd::silu_fast((*x - m) * scale + b)),
+    }
+}
+
 /// `d act(y)/dy`.
-#[inline]
+#[inline(always)]
 fn act_grad(y: f32, act: Activation) -> f32 {
     match act {
         Activation::Identity => 1.0,
         Activation::Silu => {
-            let s = 1.0 / (1.0 + (-y).exp());
+            // Clamped like `silu_fast`: beyond ±88 the derivative is 0 or 1 to f32 precision.
+            let yc = y.clamp(-88.0, 88.0);
+            let s = 1.0 / (1.0 + simd::exp_fast(-yc));
             s * (1.0 + y * (1.0 - s))
         }
     }
@@ -529,6 +642,7 @@ pub fn batch_norm_act_backward(
     batch_stats: bool,
 ) -> BatchNormGrads {
     assert_eq!(z.shape(), da.shape(), "batch_norm_act_backward: shape mismatch");
+    let span = profile::start();
     let [n, _, h, w] = z.shape();
     let count = (n * h * w) as f64;
     let mut zs = planes_by_channel(&mut z);
@@ -542,36 +656,62 @@ pub fn batch_norm_act_backward(
             // Pass 1: dy = da·act'(y) in place of da; Σ dy and Σ dy·x̂.
             let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
             for (zp, dp) in zp.iter().zip(dp.iter_mut()) {
-                let (mut s1, mut s2) = (0.0f32, 0.0f32);
-                for (&zv, d) in zp.iter().zip(dp.iter_mut()) {
-                    let xhat = (zv - m) * is;
-                    let dy = *d * act_grad(g * xhat + b, act);
-                    *d = dy;
-                    s1 += dy;
-                    s2 += dy * xhat;
-                }
-                sum_dy += s1 as f64;
-                sum_dyx += s2 as f64;
+                let (s1, s2) = dispatch!(bn_grad_pass1(zp, dp, m, is, g, b, act));
+                sum_dy += s1;
+                sum_dyx += s2;
             }
             // Pass 2: dz in place of z.
             let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
-            let gi = g * is;
             for (zp, dp) in zp.iter_mut().zip(dp.iter()) {
-                for (zv, &dy) in zp.iter_mut().zip(dp.iter()) {
-                    *zv = if batch_stats { gi * (dy - mdy - (*zv - m) * is * mdyx) } else { gi * dy };
-                }
+                dispatch!(bn_grad_pass2(zp, dp, m, is, g * is, mdy, mdyx, batch_stats));
             }
             (sum_dyx as f32, sum_dy as f32)
         })
         .collect();
     drop((zs, ds));
     let (gamma_grad, beta_grad) = sums.into_iter().unzip();
+    span.finish(0, || format!("bwd bn+act backward {:?}", z.shape()));
     BatchNormGrads { input: z, gamma: gamma_grad, beta: beta_grad }
+}
+
+/// BatchNorm backward, pass 1 over one plane: `d ← d·act'(γ·x̂ + β)`; returns `(Σ d, Σ d·x̂)`.
+#[inline(always)]
+fn bn_grad_pass1(z: &[f32], d: &mut [f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
+    let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let step = |z: &[f32], d: &mut [f32], a1: &mut [f32], a2: &mut [f32]| {
+        for (((&zv, dv), s1), s2) in z.iter().zip(d.iter_mut()).zip(a1.iter_mut()).zip(a2.iter_mut()) {
+            let xhat = (zv - m) * is;
+            let dy = *dv * act_grad(g * xhat + b, act);
+            *dv = dy;
+            *s1 += dy;
+            *s2 += dy * xhat;
+        }
+    };
+    let full = z.len() / LANES * LANES;
+    for (zc, dc) in z[..full].chunks_exact(LANES).zip(d[..full].chunks_exact_mut(LANES)) {
+        step(zc, dc, &mut a1, &mut a2);
+    }
+    let rest = z.len() - full;
+    step(&z[full..], &mut d[full..], &mut a1[..rest], &mut a2[..rest]);
+    (a1.iter().map(|&v| v as f64).sum(), a2.iter().map(|&v| v as f64).sum())
+}
+
+/// BatchNorm backward, pass 2 over one plane: `z ← γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`
+/// with batch statistics, `z ← γ·invstd·dy` without.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bn_grad_pass2(z: &mut [f32], d: &[f32], m: f32, is: f32, gi: f32, mdy: f32, mdyx: f32, batch_stats: bool) {
+    if batch_stats {
+        z.iter_mut().zip(d).for_each(|(zv, &dy)| *zv = gi * (dy - mdy - (*zv - m) * is * mdyx));
+    } else {
+        z.iter_mut().zip(d).for_each(|(zv, &dy)| *zv = gi * dy);
+    }
 }
 
 /// Max-pool backward (PyTorch semantics): each output's gradient goes to the first maximum of its
 /// window in row-major order; padding never wins. `x` is the pool's input.
 pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
+    let span = profile::start();
     let [n, c, h, w] = x.shape();
     let (ho, wo) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
     assert_eq!(dy.shape(), [n, c, ho, wo], "max_pool2d_backward: dy shape");
@@ -605,12 +745,14 @@ pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, kernel: usize, stride: usize
             }
         }
     });
+    span.finish(0, || format!("bwd max pool {:?}", x.shape()));
     dx
 }
 
 /// Nearest-neighbour upsample backward: each input pixel collects the gradients of its
 /// `scale × scale` copies.
 pub fn upsample_nearest_backward(dy: &Tensor, scale: usize) -> Tensor {
+    let span = profile::start();
     let [n, c, ho, wo] = dy.shape();
     let (h, w) = (ho / scale, wo / scale);
     let mut dx = Tensor::zeros([n, c, h, w]);
@@ -622,6 +764,7 @@ pub fn upsample_nearest_backward(dy: &Tensor, scale: usize) -> Tensor {
             }
         }
     });
+    span.finish(0, || format!("bwd upsample {:?}", dy.shape()));
     dx
 }
 
@@ -644,6 +787,7 @@ pub fn add_channels(dst: &mut Tensor, offset: usize, src: &Tensor) {
 /// Per head, with `P = softmax_rows(scale·qᵀk)` recomputed (N × N is small next to the maps):
 /// `dV = dO·P`, `dP = dOᵀ·v`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, `dq = scale·k·dSᵀ`, `dk = scale·q·dS`.
 pub fn attention_backward(qkv: &Tensor, dout: &Tensor, heads: usize, key_dim: usize, head_dim: usize, scale: f32) -> Tensor {
+    let span = profile::start();
     let [b, c, h, w] = qkv.shape();
     let per_head = 2 * key_dim + head_dim;
     assert_eq!(c, heads * per_head, "attention_backward: qkv channels");
@@ -683,6 +827,7 @@ pub fn attention_backward(qkv: &Tensor, dout: &Tensor, heads: usize, key_dim: us
         matmul(key_dim, n, n, dq, n, false, Mat { data: k, rs: n, cs: 1 }, Mat { data: &ds, rs: 1, cs: n });
         matmul(key_dim, n, n, dk, n, false, Mat { data: q, rs: n, cs: 1 }, Mat { data: &ds, rs: n, cs: 1 });
     });
+    span.finish(0, || format!("bwd attention {:?}", qkv.shape()));
     dqkv
 }
 

@@ -674,6 +674,14 @@ fn bench_train_step() {
         assert!(grads.global_norm().is_finite());
         times.push(((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3));
     }
+    if std::env::var_os("FERROYOLO_BENCH_PROFILE").is_some() {
+        let mut m = model.clone();
+        engine::set_profiling(true);
+        let (out, tape) = m.forward_train(&x, &no_freeze);
+        let _ = backward_with(&m, tape, &toy_loss_grads(&out));
+        engine::set_profiling(false);
+        eprintln!("{}", engine::profile_report());
+    }
     times.remove(0);
     let median = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
