@@ -285,12 +285,18 @@ impl Conv2d {
         if isa == Isa::Avx512 && !depthwise {
             return Tensor::new(shape, self.forward_igemm(x, act, geo));
         }
-        let mut out = buffers::zeros(shape.iter().product());
+        let total = shape.iter().product();
         if depthwise {
-            self.forward_depthwise(x, act, geo, &mut out, isa);
-        } else {
-            self.forward_im2col(x, act, geo, &mut out, isa);
+            // The AVX-512 kernel writes every output through raw pointers, so its buffer is not
+            // zero-filled first; the others write through slices of a zeroed one.
+            let mut out = if isa == Isa::Avx512 { buffers::take(total) } else { buffers::zeros(total) };
+            self.forward_depthwise(x, act, geo, SyncPtr(out.as_mut_ptr()), isa);
+            // SAFETY: capacity is `total`; every element was written (AVX-512) or zeroed beforehand.
+            unsafe { out.set_len(total) };
+            return Tensor::new(shape, out);
         }
+        let mut out = buffers::zeros(total);
+        self.forward_im2col(x, act, geo, &mut out, isa);
         Tensor::new(shape, out)
     }
 
@@ -494,23 +500,41 @@ impl Conv2d {
 
     /// Depthwise: one task per (image, channel); each builds the channel's padded phases and sums the
     /// k² shifted rows straight into the output.
-    fn forward_depthwise(&self, x: &Input, act: Activation, geo: Geometry, out: &mut [f32], isa: Isa) {
+    /// `out` must have room for the `n · c · ho · wo` outputs and, unless `isa` is AVX-512, hold
+    /// initialised values (they are accumulated into through slices).
+    fn forward_depthwise(&self, x: &Input, act: Activation, geo: Geometry, out: SyncPtr, isa: Isa) {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         let c = self.in_channels;
         let plane_out = geo.ho * geo.wo;
         // Offset of each tap's run for output row 0 (row y adds y·Wq), as in `tap_offsets`.
         let taps = self.tap_offsets(geo);
         let silu = act == Activation::Silu;
-        let work = |i: usize, out: &mut [f32]| {
+        let reach = taps.iter().max().map_or(0, |&t| t) + (geo.ho - 1) * geo.wq + geo.wo;
+        let work = |i: usize| {
             let ch = i % c;
             let w = &self.weight[ch * k * k..(ch + 1) * k * k];
             with_scratch(s * s * geo.hq * geo.wq, |phases| {
                 build_phases(&x.image(i / c)[ch..ch + 1], geo, s, p, 0, phases, isa, false);
+                assert!(reach <= phases.len());
+                // SAFETY (pointer arithmetic): plane i of the caller's `n · c · plane_out` outputs.
+                let out = unsafe { out.get().add(i * plane_out) };
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 {
+                    // SAFETY: AVX-512F is available (tier); every tap's run is inside `phases`
+                    // (asserted), and plane i (`plane_out` floats) is written by this task only.
+                    return unsafe { depthwise_avx512(phases, w, &taps, self.bias[ch], geo, silu, out) };
+                }
+                // SAFETY: plane i, initialised by the caller (non-AVX-512 tiers), written by this task only.
+                let out = unsafe { std::slice::from_raw_parts_mut(out, plane_out) };
                 depthwise_plane(phases, w, &taps, self.bias[ch], geo, silu, out, isa);
             });
         };
-        let big = out.len() >= 1 << 14;
-        for_chunks_mut(out, plane_out, big, &work);
+        let planes = x.n * c;
+        if planes * plane_out >= 1 << 14 {
+            parallel_for(planes, &work);
+        } else {
+            (0..planes).for_each(work);
+        }
     }
 }
 
@@ -717,12 +741,10 @@ fn depthwise_plane(
         generic(phases, w, taps, bias, geo, silu, out)
     }
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        // SAFETY: `isa` never exceeds what the CPU was detected to support; the bounds `depthwise_avx512`
-        // relies on are asserted above.
-        Isa::Avx512 => return unsafe { depthwise_avx512(phases, w, taps, bias, geo, silu, out) },
-        Isa::Avx2 => return unsafe { avx2(phases, w, taps, bias, geo, silu, out) },
-        Isa::Portable => {}
+    // (AVX-512 has its own kernel, `depthwise_avx512`; its caller never gets here with that tier.)
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` never exceeds what the CPU was detected to support.
+        return unsafe { avx2(phases, w, taps, bias, geo, silu, out) };
     }
     let _ = isa;
     generic(phases, w, taps, bias, geo, silu, out)
@@ -732,7 +754,8 @@ fn depthwise_plane(
 /// (up to four independent FMA chains), then are stored once; row ends are masked.
 ///
 /// # Safety
-/// AVX-512F must be available; `max(taps) + (ho-1)·wq + wo <= phases.len()` and `out.len() == ho·wo`.
+/// AVX-512F must be available; `max(taps) + (ho-1)·wq + wo <= phases.len()`, and `out` must be valid
+/// for writing `ho·wo` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn depthwise_avx512(
@@ -742,10 +765,10 @@ unsafe fn depthwise_avx512(
     bias: f32,
     geo: Geometry,
     silu: bool,
-    out: &mut [f32],
+    out: *mut f32,
 ) {
     for y in 0..geo.ho {
-        let row = out.as_mut_ptr().add(y * geo.wo);
+        let row = out.add(y * geo.wo);
         let base = phases.as_ptr().add(y * geo.wq);
         let mut x0 = 0;
         while x0 < geo.wo {

@@ -136,9 +136,10 @@ pub(crate) unsafe fn igemm(g: &GemmArgs, parallel: bool) {
     let tiles = g.rows * tiling.per_row();
     let panels = g.m.div_ceil(MR);
     let threads = if parallel { super::threads::num_threads() } else { 1 };
-    // Several chunks per thread so an uneven split (or a busy core) balances out; split C's rows as
-    // well when there are too few column tiles (small maps, e.g. 20×20).
-    let target = if threads == 1 { 1 } else { threads * 4 };
+    // Several items per thread so that uneven items (or a busy core) balance out; when there are too
+    // few column tiles for that (small maps, e.g. 20×20), every tile is its own item and C's rows are
+    // split too.
+    let target = if threads == 1 { 1 } else { threads * 8 };
     let (t_chunks, m_chunks) = if tiles >= target { (target, 1) } else { (tiles, target.div_ceil(tiles).min(panels)) };
     let work = |item: usize| {
         let (ti, mi) = (item / m_chunks, item % m_chunks);
