@@ -141,7 +141,7 @@ impl Team {
                     break;
                 }
                 backoff(&mut step);
-                if step % 256 == 0 && start.elapsed() > SPIN {
+                if step.is_multiple_of(256) && start.elapsed() > SPIN {
                     let mut guard = self.park.lock().unwrap_or_else(|e| e.into_inner());
                     self.parked.fetch_add(1, SeqCst);
                     // Checked after announcing `parked` and under the lock the publisher notifies
