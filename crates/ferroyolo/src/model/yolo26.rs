@@ -72,6 +72,11 @@ impl ConvBn {
         self.folded.forward(x, self.act)
     }
 
+    /// Runs on the channel concatenation of `parts` without materialising it.
+    pub fn forward_parts(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Tensor {
+        self.folded.forward_parts(parts, self.act)
+    }
+
     /// The folded inference convolution.
     pub fn folded(&self) -> &Conv2d {
         &self.folded
@@ -203,7 +208,8 @@ impl C3k {
             y = b.forward(&y);
         }
         let z = self.cv2.forward(x);
-        self.cv3.forward(&engine::concat_channels(&[&y, &z]))
+        let (cy, cz) = (y.shape()[1], z.shape()[1]);
+        self.cv3.forward_parts(&[(&y, 0..cy), (&z, 0..cz)])
     }
 
     fn flops(&self, h: usize, w: usize) -> u64 {
@@ -348,13 +354,16 @@ impl C3k2 {
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let y = self.cv1.forward(x);
-        let mut parts = vec![engine::narrow_channels(&y, 0, self.c), engine::narrow_channels(&y, self.c, self.c)];
+        // cv2 reads cv1's output and every block output as one concatenation, built in place.
+        let mut outs: Vec<Tensor> = Vec::with_capacity(self.m.len());
+        let second_half = engine::narrow_channels(&y, self.c, self.c);
         for b in &self.m {
-            let next = b.forward(parts.last().expect("two parts"));
-            parts.push(next);
+            let next = b.forward(outs.last().unwrap_or(&second_half));
+            outs.push(next);
         }
-        let refs: Vec<&Tensor> = parts.iter().collect();
-        self.cv2.forward(&engine::concat_channels(&refs))
+        let mut parts = vec![(&y, 0..2 * self.c)];
+        parts.extend(outs.iter().map(|t| (t, 0..self.c)));
+        self.cv2.forward_parts(&parts)
     }
 
     fn flops(&self, h: usize, w: usize) -> u64 {
@@ -379,8 +388,8 @@ impl Sppf {
             let next = engine::max_pool2d(ys.last().expect("one"), self.k, 1, self.k / 2);
             ys.push(next);
         }
-        let refs: Vec<&Tensor> = ys.iter().collect();
-        let mut out = self.cv2.forward(&engine::concat_channels(&refs));
+        let parts: Vec<(&Tensor, std::ops::Range<usize>)> = ys.iter().map(|t| (t, 0..t.shape()[1])).collect();
+        let mut out = self.cv2.forward_parts(&parts);
         if self.add {
             engine::add_assign(&mut out, x);
         }
@@ -404,12 +413,11 @@ pub struct C2psa {
 impl C2psa {
     fn forward(&self, x: &Tensor) -> Tensor {
         let y = self.cv1.forward(x);
-        let a = engine::narrow_channels(&y, 0, self.c);
         let mut b = engine::narrow_channels(&y, self.c, self.c);
         for blk in &self.m {
             b = blk.forward(&b);
         }
-        self.cv2.forward(&engine::concat_channels(&[&a, &b]))
+        self.cv2.forward_parts(&[(&y, 0..self.c), (&b, 0..self.c)])
     }
 
     fn flops(&self, h: usize, w: usize) -> u64 {
