@@ -297,3 +297,4 @@ fn attention_grad() {
     let l = |x: &[f64]| dot(&attention_f64(x, shape, heads, kd, hd, scale as f64), r.data());
     assert_close(got.data(), &fd(&f64s(qkv.data()), l), 1e-3, "attention dqkv");
 }
+
