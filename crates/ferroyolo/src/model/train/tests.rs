@@ -690,3 +690,51 @@ fn bench_train_step() {
     let (f, b) = (median(times.iter().map(|t| t.0).collect()), median(times.iter().map(|t| t.1).collect()));
     eprintln!("batch {batch} at {size}²: forward {f:.0} ms, backward {b:.0} ms, total {:.0} ms ({} threads)", f + b, rayon::current_num_threads());
 }
+
+/// The real objective: the end-to-end loss of the training batch and its parameter gradients,
+/// against `summary.json["loss"][model]` (loss total × batch, one-to-one loss items, gradient norms
+/// of selected parameters and the global norm, BatchNorm in training mode, branch weights 0.8/0.2).
+fn check_loss_and_gradients(name: &str) {
+    use crate::train::loss::{e2e_loss, LossConfig, Target};
+    let fx = crate::fixtures_or_skip!();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.join("reference/summary.json")).unwrap()).unwrap();
+    let want = &summary["loss"][name];
+    let (mut model, _) = load(&fx, name);
+    let x = batch_image(&fx);
+    let t = read_npy(fx.join("reference/loss_batch_targets.npy")).unwrap();
+    let targets: Vec<Target> = t
+        .data
+        .chunks(6)
+        .map(|r| Target { batch_index: r[0] as usize, class: r[1] as usize, cxcywh: [r[2], r[3], r[4], r[5]] })
+        .collect();
+    let (out, tape) = model.forward_train(&x, &no_freeze);
+    let cfg = LossConfig { o2m_weight: want["o2m_weight"].as_f64().unwrap() as f32, ..LossConfig::default() };
+    let loss = e2e_loss(&out.one2many, &out.one2one, &targets, (320, 320), &cfg);
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    let total = want["loss_total_times_batch"].as_f64().unwrap();
+    assert!(rel(loss.total as f64, total) < 1e-3, "{name}: loss {} vs reference {total}", loss.total);
+    let grads = model.backward(tape, &loss.grad_o2m_boxes, &loss.grad_o2m_logits, &loss.grad_o2o_boxes, &loss.grad_o2o_logits);
+    let global = want["grad_norm_global"].as_f64().unwrap();
+    let mut report = vec![format!("global {:.6} vs {global:.6}", grads.global_norm())];
+    let mut worst = rel(grads.global_norm(), global);
+    for (p, v) in want["grad_norms_selected"].as_object().unwrap() {
+        let (got, r) = (grads.norm(p).unwrap(), v.as_f64().unwrap());
+        // Gradients that vanish in exact arithmetic (a BatchNorm bias before a training-mode
+        // BatchNorm, ~1e-7) are rounding noise on both sides: judged against the global norm.
+        let e = (got - r).abs() / r.max(1e-6 * global);
+        report.push(format!("{p}: {got:.6e} vs {r:.6e} ({e:.1e})"));
+        worst = worst.max(e);
+    }
+    eprintln!("{name}: loss {} vs {total}\n{}", loss.total, report.join("\n"));
+    assert!(worst < 1e-2, "{name}: gradient norms differ from the reference by up to {worst:.2e}:\n{}", report.join("\n"));
+}
+
+#[test]
+fn loss_gradients_match_reference_rand() {
+    check_loss_and_gradients("yolo26n-rand");
+}
+
+#[test]
+fn loss_gradients_match_reference_coco() {
+    check_loss_and_gradients("yolo26n-coco");
+}
