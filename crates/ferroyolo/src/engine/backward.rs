@@ -171,6 +171,7 @@ struct Mat<'a> {
 
 /// `c (m × n, row stride ldc) = [c +] a (m × k) · b (k × n)`, single-threaded (callers parallelise
 /// over images or heads, which keeps every thread busy without nested splitting).
+#[allow(clippy::too_many_arguments)]
 fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], ldc: usize, accumulate: bool, a: Mat, b: Mat) {
     matmul_strided(m, n, k, c, ldc, 1, accumulate, a, b)
 }

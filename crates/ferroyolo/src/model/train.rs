@@ -384,8 +384,8 @@ fn psa_bwd(b: &PsaBlock, p: &str, t: PsaTape, dout: Tensor, sink: &mut Sink) -> 
 
 enum BlockTape {
     Bottleneck(BottleneckTape),
-    C3k(C3kTape),
-    Attn(BottleneckTape, PsaTape),
+    C3k(Box<C3kTape>),
+    Attn(BottleneckTape, Box<PsaTape>),
 }
 
 fn block_fwd(b: &mut C3k2Block, p: &str, x: Feat, ctx: &Ctx) -> (Tensor, BlockTape) {
@@ -396,12 +396,12 @@ fn block_fwd(b: &mut C3k2Block, p: &str, x: Feat, ctx: &Ctx) -> (Tensor, BlockTa
         }
         C3k2Block::C3k(c) => {
             let (y, t) = c3k_fwd(c, p, x, ctx);
-            (y, BlockTape::C3k(t))
+            (y, BlockTape::C3k(Box::new(t)))
         }
         C3k2Block::Attn(b, psa) => {
             let (y, t1) = bottleneck_fwd(b, &format!("{p}.0"), x, ctx);
             let (y, t2) = psa_fwd(psa, &format!("{p}.1"), Feat::whole(y), ctx);
-            (y, BlockTape::Attn(t1, t2))
+            (y, BlockTape::Attn(t1, Box::new(t2)))
         }
     }
 }
@@ -409,9 +409,9 @@ fn block_fwd(b: &mut C3k2Block, p: &str, x: Feat, ctx: &Ctx) -> (Tensor, BlockTa
 fn block_bwd(b: &C3k2Block, p: &str, t: BlockTape, dout: Tensor, sink: &mut Sink) -> Tensor {
     match (b, t) {
         (C3k2Block::Bottleneck(b), BlockTape::Bottleneck(t)) => bottleneck_bwd(b, p, t, dout, sink),
-        (C3k2Block::C3k(c), BlockTape::C3k(t)) => c3k_bwd(c, p, t, dout, sink),
+        (C3k2Block::C3k(c), BlockTape::C3k(t)) => c3k_bwd(c, p, *t, dout, sink),
         (C3k2Block::Attn(b, psa), BlockTape::Attn(t1, t2)) => {
-            let d = psa_bwd(psa, &format!("{p}.1"), t2, dout, sink);
+            let d = psa_bwd(psa, &format!("{p}.1"), *t2, dout, sink);
             bottleneck_bwd(b, &format!("{p}.0"), t1, d, sink)
         }
         _ => unreachable!("a tape always matches the block that recorded it"),
@@ -609,7 +609,7 @@ fn branch_bwd(br: &DetectBranch, name: &str, l: usize, t: BranchTape, dy: Tensor
 /// The four branch sets in state_dict order, with their name suffixes.
 const BRANCHES: [&str; 4] = ["cv2", "cv3", "one2one_cv2", "one2one_cv3"];
 
-fn branch_mut<'a>(d: &'a mut Detect, which: usize) -> &'a mut DetectBranch {
+fn branch_mut(d: &mut Detect, which: usize) -> &mut DetectBranch {
     match which {
         0 => &mut d.cv2,
         1 => &mut d.cv3,

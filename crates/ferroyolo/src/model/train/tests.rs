@@ -289,7 +289,7 @@ fn c3k2_case(kind: &str, seed: u64) {
             Layer::C3k2(c) => c3k2_bwd(c, "model.0", t, g, s),
             _ => unreachable!(),
         },
-        |l| layer_params(l),
+        layer_params,
     );
 }
 
@@ -368,7 +368,7 @@ fn sppf_grad() {
             Layer::Sppf(s) => sppf_bwd(s, "model.0", t, g, sink),
             _ => unreachable!(),
         },
-        |l| layer_params(l),
+        layer_params,
     );
 }
 
@@ -421,7 +421,7 @@ fn c2psa_grad() {
             Layer::C2psa(c) => c2psa_bwd(c, "model.0", t, g, s),
             _ => unreachable!(),
         },
-        |l| layer_params(l),
+        layer_params,
     );
 }
 
@@ -581,7 +581,7 @@ fn detached_one2one_and_frozen_layers() {
 /// global_norm = sum((p.grad.double() ** 2).sum() for p in m.parameters()) ** 0.5
 /// ```
 /// `running` is `m.state_dict()["model.0.bn.running_var"][:4]` after that forward.
-fn check_against_reference(name: &str, loss: f64, global: f64, norms: &[(&str, f64)], running_var: [f32; 4]) {
+fn check_against_reference(name: &str, loss: f64, global: f64, norms: &[(&str, f64)], running_var: [f64; 4]) {
     let fx = crate::fixtures_or_skip!();
     let (mut model, _) = load(&fx, name);
     let (out, tape) = model.forward_train(&batch_image(&fx), &no_freeze);
@@ -599,8 +599,8 @@ fn check_against_reference(name: &str, loss: f64, global: f64, norms: &[(&str, f
         assert!(rel(got, want) < 1e-3, "{name}: |grad {p}| = {got}, reference {want}");
     }
     let Layer::Conv(c) = &model.layers[0] else { unreachable!() };
-    for (got, want) in c.bn.running_var.iter().zip(running_var) {
-        assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{name}: running_var {got} vs {want}");
+    for (&got, want) in c.bn.running_var.iter().zip(running_var) {
+        assert!((got as f64 - want).abs() < 1e-5 * want.abs().max(1.0), "{name}: running_var {got} vs {want}");
     }
 }
 
