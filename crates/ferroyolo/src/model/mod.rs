@@ -2,6 +2,7 @@
 //! checkpoint tensors fill it ([`weights`]).
 
 pub mod config;
+pub mod init;
 pub mod train;
 pub mod weights;
 pub mod yolo26;

@@ -69,8 +69,12 @@ pub struct Preprocessed {
 impl Yolo {
     /// Loads a model from a `.pt` (Ultralytics) or `.safetensors` (ferroyolo) file. Official
     /// names such as `yolo26n.pt` are looked up in the working directory, then the cache, then
-    /// downloaded.
+    /// downloaded. `yolo26n.yaml` … `yolo26x.yaml` build the network with fresh random weights
+    /// (80 classes), as the reference does.
     pub fn load(weights: impl AsRef<Path>) -> Result<Self> {
+        if let Some(scale) = model::init::config_scale(weights.as_ref()) {
+            return Self::from_checkpoint(model::init::random_checkpoint(&scale, 80, None, 0)?);
+        }
         let path = hub::resolve_weights(weights.as_ref())?;
         let checkpoint = Checkpoint::load(&path)?;
         Self::from_checkpoint(checkpoint)
