@@ -10,16 +10,9 @@ use ferroyolo::val::ValOptions;
 use ferroyolo::Yolo;
 use serde_json::Value;
 
+/// `../shared/fixtures`, or `None` (skip) outside CI when it is absent.
 fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("fixtures folder {} is missing (required under CI=true)", dir.display());
-    }
-    eprintln!("skipping: fixtures folder {} not found", dir.display());
-    None
+    ferroyolo::testing::fixtures_dir()
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
