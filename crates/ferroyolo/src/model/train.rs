@@ -767,61 +767,66 @@ fn psa_modules<'a>(b: &'a mut PsaBlock, p: &str, out: &mut Vec<(String, ModuleMu
     out.push((format!("{p}.ffn.1"), ModuleMut::ConvBn(f1)));
 }
 
+/// Appends the trainable modules of one layer, whose state_dict prefix is `p` (`model.{i}`),
+/// in registration order.
+pub(crate) fn layer_modules<'a>(layer: &'a mut Layer, p: &str, out: &mut Vec<(String, ModuleMut<'a>)>) {
+    match layer {
+        Layer::Conv(c) => out.push((p.to_string(), ModuleMut::ConvBn(c))),
+        Layer::C3k2(c) => {
+            out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
+            out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
+            for (j, b) in c.m.iter_mut().enumerate() {
+                let mp = format!("{p}.m.{j}");
+                match b {
+                    C3k2Block::Bottleneck(b) => bottleneck_modules(b, &mp, out),
+                    C3k2Block::C3k(c) => {
+                        out.push((format!("{mp}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
+                        out.push((format!("{mp}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
+                        out.push((format!("{mp}.cv3"), ModuleMut::ConvBn(&mut c.cv3)));
+                        for (k, b) in c.m.iter_mut().enumerate() {
+                            bottleneck_modules(b, &format!("{mp}.m.{k}"), out);
+                        }
+                    }
+                    C3k2Block::Attn(b, psa) => {
+                        bottleneck_modules(b, &format!("{mp}.0"), out);
+                        psa_modules(psa, &format!("{mp}.1"), out);
+                    }
+                }
+            }
+        }
+        Layer::Sppf(s) => {
+            out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut s.cv1)));
+            out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut s.cv2)));
+        }
+        Layer::C2psa(c) => {
+            out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
+            out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
+            for (j, b) in c.m.iter_mut().enumerate() {
+                psa_modules(b, &format!("{p}.m.{j}"), out);
+            }
+        }
+        Layer::Upsample(_) | Layer::Concat => {}
+        Layer::Detect(d) => {
+            let Detect { cv2, cv3, one2one_cv2, one2one_cv3, .. } = d.as_mut();
+            for (suffix, br) in BRANCHES.iter().zip([cv2, cv3, one2one_cv2, one2one_cv3]) {
+                for (l, (hidden, out_conv)) in br.hidden.iter_mut().zip(br.out.iter_mut()).enumerate() {
+                    let names = hidden_names(&format!("{p}.{suffix}"), l, hidden.len());
+                    for (cb, n) in hidden.iter_mut().zip(names) {
+                        out.push((n, ModuleMut::ConvBn(cb)));
+                    }
+                    out.push((format!("{p}.{suffix}.{l}.2"), ModuleMut::Bias(out_conv)));
+                }
+            }
+        }
+    }
+}
+
 impl Yolo26 {
     /// Every trainable module with its state_dict prefix, in state_dict (registration) order.
     pub fn modules_mut(&mut self) -> Vec<(String, ModuleMut<'_>)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.{i}");
-            match layer {
-                Layer::Conv(c) => out.push((p, ModuleMut::ConvBn(c))),
-                Layer::C3k2(c) => {
-                    out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
-                    out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
-                    for (j, b) in c.m.iter_mut().enumerate() {
-                        let mp = format!("{p}.m.{j}");
-                        match b {
-                            C3k2Block::Bottleneck(b) => bottleneck_modules(b, &mp, &mut out),
-                            C3k2Block::C3k(c) => {
-                                out.push((format!("{mp}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
-                                out.push((format!("{mp}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
-                                out.push((format!("{mp}.cv3"), ModuleMut::ConvBn(&mut c.cv3)));
-                                for (k, b) in c.m.iter_mut().enumerate() {
-                                    bottleneck_modules(b, &format!("{mp}.m.{k}"), &mut out);
-                                }
-                            }
-                            C3k2Block::Attn(b, psa) => {
-                                bottleneck_modules(b, &format!("{mp}.0"), &mut out);
-                                psa_modules(psa, &format!("{mp}.1"), &mut out);
-                            }
-                        }
-                    }
-                }
-                Layer::Sppf(s) => {
-                    out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut s.cv1)));
-                    out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut s.cv2)));
-                }
-                Layer::C2psa(c) => {
-                    out.push((format!("{p}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
-                    out.push((format!("{p}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
-                    for (j, b) in c.m.iter_mut().enumerate() {
-                        psa_modules(b, &format!("{p}.m.{j}"), &mut out);
-                    }
-                }
-                Layer::Upsample(_) | Layer::Concat => {}
-                Layer::Detect(d) => {
-                    let Detect { cv2, cv3, one2one_cv2, one2one_cv3, .. } = d.as_mut();
-                    for (suffix, br) in BRANCHES.iter().zip([cv2, cv3, one2one_cv2, one2one_cv3]) {
-                        for (l, (hidden, out_conv)) in br.hidden.iter_mut().zip(br.out.iter_mut()).enumerate() {
-                            let names = hidden_names(&format!("{p}.{suffix}"), l, hidden.len());
-                            for (cb, n) in hidden.iter_mut().zip(names) {
-                                out.push((n, ModuleMut::ConvBn(cb)));
-                            }
-                            out.push((format!("{p}.{suffix}.{l}.2"), ModuleMut::Bias(out_conv)));
-                        }
-                    }
-                }
-            }
+            layer_modules(layer, &format!("model.{i}"), &mut out);
         }
         out
     }

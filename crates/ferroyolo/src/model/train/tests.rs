@@ -295,44 +295,8 @@ fn c3k2_case(kind: &str, seed: u64) {
 
 /// The parameters of a single layer, named as layer 0 of a model.
 fn layer_params(l: &mut Layer) -> Vec<(String, &mut Vec<f32>)> {
-    // Reuse the model walk: a model of one layer borrows the layer for the walk.
     let mut v = Vec::new();
-    match l {
-        Layer::C3k2(c) => {
-            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut c.cv1)));
-            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut c.cv2)));
-            for (j, b) in c.m.iter_mut().enumerate() {
-                let mp = format!("model.0.m.{j}");
-                match b {
-                    C3k2Block::Bottleneck(b) => bottleneck_modules(b, &mp, &mut v),
-                    C3k2Block::C3k(c) => {
-                        v.push((format!("{mp}.cv1"), ModuleMut::ConvBn(&mut c.cv1)));
-                        v.push((format!("{mp}.cv2"), ModuleMut::ConvBn(&mut c.cv2)));
-                        v.push((format!("{mp}.cv3"), ModuleMut::ConvBn(&mut c.cv3)));
-                        for (k, b) in c.m.iter_mut().enumerate() {
-                            bottleneck_modules(b, &format!("{mp}.m.{k}"), &mut v);
-                        }
-                    }
-                    C3k2Block::Attn(b, p) => {
-                        bottleneck_modules(b, &format!("{mp}.0"), &mut v);
-                        psa_modules(p, &format!("{mp}.1"), &mut v);
-                    }
-                }
-            }
-        }
-        Layer::Sppf(s) => {
-            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut s.cv1)));
-            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut s.cv2)));
-        }
-        Layer::C2psa(c) => {
-            v.push(("model.0.cv1".to_string(), ModuleMut::ConvBn(&mut c.cv1)));
-            v.push(("model.0.cv2".to_string(), ModuleMut::ConvBn(&mut c.cv2)));
-            for (j, b) in c.m.iter_mut().enumerate() {
-                psa_modules(b, &format!("model.0.m.{j}"), &mut v);
-            }
-        }
-        _ => unreachable!(),
-    }
+    layer_modules(l, "model.0", &mut v);
     params_of(v)
 }
 
