@@ -36,6 +36,27 @@ pub fn parse_imgsz(s: &str) -> Result<(u32, u32), String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClassIds(pub Vec<usize>);
 
+/// Detection-head and filtering options shared by `predict` and `val` (their `conf` defaults
+/// differ, so `conf` stays with each command).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HeadArgs {
+    /// NMS IoU threshold (with nms=true).
+    #[arg(long, default_value_t = 0.7)]
+    pub iou: f32,
+    /// Maximum detections per image.
+    #[arg(long, default_value_t = 300)]
+    pub max_det: usize,
+    /// Keep (predict) or score (val) only these class ids, e.g. classes=0,2.
+    #[arg(long, value_parser = parse_classes)]
+    pub classes: Option<ClassIds>,
+    /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub nms: bool,
+    /// Class-agnostic NMS / top-k.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub agnostic_nms: bool,
+}
+
 /// Parses `0`, `0,2`, `[0, 2]` into class ids.
 pub fn parse_classes(s: &str) -> Result<ClassIds, String> {
     parse_list(s).map(ClassIds)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads, ClassIds};
+use crate::args::{parse_bool, parse_imgsz, set_threads, HeadArgs};
 use ferroyolo::data::source::resolve_source;
 use ferroyolo::output::annotate::{draw_detections, BoxLabel};
 use ferroyolo::output::run_dir::increment_run_dir;
@@ -26,21 +26,8 @@ pub struct PredictArgs {
     /// Confidence threshold.
     #[arg(long, default_value_t = 0.25)]
     conf: f32,
-    /// NMS IoU threshold (with nms=true).
-    #[arg(long, default_value_t = 0.7)]
-    iou: f32,
-    /// Maximum detections per image.
-    #[arg(long, default_value_t = 300)]
-    max_det: usize,
-    /// Keep only these class ids, e.g. classes=0,2.
-    #[arg(long, value_parser = parse_classes)]
-    classes: Option<ClassIds>,
-    /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
-    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    nms: bool,
-    /// Class-agnostic NMS / top-k.
-    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    agnostic_nms: bool,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Pad to the next multiple of 32 only (true) or to the full imgsz square (false).
     #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     rect: bool,
@@ -78,11 +65,11 @@ pub fn run(a: PredictArgs) -> Result<()> {
         imgsz: a.imgsz,
         rect: a.rect,
         conf: a.conf,
-        iou: a.iou,
-        max_det: a.max_det,
-        classes: a.classes.clone().map(|c| c.0),
-        nms: a.nms,
-        agnostic_nms: a.agnostic_nms,
+        iou: a.head.iou,
+        max_det: a.head.max_det,
+        classes: a.head.classes.clone().map(|c| c.0),
+        nms: a.head.nms,
+        agnostic_nms: a.head.agnostic_nms,
     };
     let items = resolve_source(&a.source)?;
     let total = items.len();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::args::{parse_bool, parse_classes, parse_imgsz, set_threads, ClassIds};
+use crate::args::{parse_bool, parse_imgsz, set_threads, HeadArgs};
 use ferroyolo::data::dataset::DatasetConfig;
 use ferroyolo::output::run_dir::increment_run_dir;
 use ferroyolo::val::ValOptions;
@@ -29,21 +29,8 @@ pub struct ValArgs {
     /// Confidence threshold.
     #[arg(long, default_value_t = 0.001)]
     conf: f32,
-    /// NMS IoU threshold (with nms=true).
-    #[arg(long, default_value_t = 0.7)]
-    iou: f32,
-    /// Maximum detections per image.
-    #[arg(long, default_value_t = 300)]
-    max_det: usize,
-    /// Score only these class ids, e.g. classes=0,2.
-    #[arg(long, value_parser = parse_classes)]
-    classes: Option<ClassIds>,
-    /// Use the one-to-many head with NMS instead of YOLO26's NMS-free head.
-    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    nms: bool,
-    /// Class-agnostic NMS / top-k.
-    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    agnostic_nms: bool,
+    #[command(flatten)]
+    head: HeadArgs,
     /// Dataset split to score.
     #[arg(long, default_value = "val", value_parser = ["val", "test", "train"])]
     split: String,
@@ -69,7 +56,7 @@ pub struct ValArgs {
 
 pub fn run(a: ValArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let classes = a.classes.map(|c| c.0);
+    let classes = a.head.classes.map(|c| c.0);
     let json = a.format == "json";
     let imgsz = a.imgsz.0.max(a.imgsz.1);
     if a.imgsz.0 != a.imgsz.1 {
@@ -82,11 +69,11 @@ pub fn run(a: ValArgs) -> Result<()> {
         imgsz,
         batch: a.batch,
         conf: a.conf,
-        iou: a.iou,
-        max_det: a.max_det,
+        iou: a.head.iou,
+        max_det: a.head.max_det,
         classes,
-        nms: a.nms,
-        agnostic_nms: a.agnostic_nms,
+        nms: a.head.nms,
+        agnostic_nms: a.head.agnostic_nms,
         split: a.split,
         plots: a.plots,
         save_dir,
