@@ -98,14 +98,20 @@ pub fn filter_detections(dets: Vec<Detection>, opts: &PostprocessOptions) -> Vec
         .collect()
 }
 
-/// Intersection over union of two `xyxy` boxes.
+/// Intersection over union of two `xyxy` boxes, as NMS computes it (no epsilon).
 pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    box_iou_eps(a, b, 0.0)
+}
+
+/// Intersection over union with `eps` added to the union (the metrics use 1e-7 so that empty
+/// boxes give 0).
+pub fn box_iou_eps(a: &[f32; 4], b: &[f32; 4], eps: f32) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;
     let area_a = (a[2] - a[0]) * (a[3] - a[1]);
     let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    inter / (area_a + area_b - inter)
+    inter / (area_a + area_b - inter + eps)
 }
 
 /// One-to-many head for image `n`: candidates above `conf`, class-aware greedy NMS.

@@ -15,12 +15,7 @@ pub const CURVE_POINTS: usize = 1000;
 
 /// IoU of two `xyxy` boxes with the reference's `1e-7` in the denominator (so empty boxes give 0).
 pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    inter / (area_a + area_b - inter + 1e-7)
+    crate::predict::postprocess::box_iou_eps(a, b, 1e-7)
 }
 
 /// IoU of every (ground truth, prediction) pair, ground-truth major: `iou[g * preds.len() + p]`.
