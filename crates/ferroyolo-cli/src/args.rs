@@ -9,6 +9,10 @@ pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .enumerate()
         .map(|(i, a)| {
             if i > 0 && !a.starts_with('-') {
+                // Bare boolean words of the reference's CLI (`yolo train resume`).
+                if a == "resume" {
+                    return "--resume".to_string();
+                }
                 if let Some((k, v)) = a.split_once('=') {
                     if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                         return format!("--{}={v}", k.replace('_', "-"));

@@ -78,6 +78,7 @@ pub fn run(a: ValArgs) -> Result<()> {
         plots: a.plots,
         save_dir,
         progress: true,
+        loss: None,
     };
     let metrics = model.val(&data, &opts)?;
     // The table is the log: on stdout normally, on stderr when stdout carries the JSON.

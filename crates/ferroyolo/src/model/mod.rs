@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod init;
+pub mod state;
 pub mod train;
 pub mod weights;
 pub mod yolo26;

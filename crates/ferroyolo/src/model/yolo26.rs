@@ -689,6 +689,17 @@ impl Yolo26 {
     /// output of the chosen head branches. `observe` sees every layer's output (for debugging
     /// and per-layer comparisons with the reference).
     pub fn forward_observed(&self, x: &Tensor, mode: HeadMode, observe: &mut dyn FnMut(usize, &Tensor)) -> HeadOutput {
+        self.forward_to_head(x, observe, |d, feats| d.forward(feats, mode))
+    }
+
+    /// Runs the network once and returns the raw outputs of both head branch pairs,
+    /// `(one-to-many, one-to-one)`, with eval-mode BatchNorm (for validation losses).
+    pub fn forward_both(&self, x: &Tensor) -> (HeadOutput, HeadOutput) {
+        self.forward_to_head(x, &mut |_, _| {}, |d, feats| (d.forward(feats, HeadMode::OneToMany), d.forward(feats, HeadMode::OneToOne)))
+    }
+
+    /// The network up to the Detect layer, whose input features go to `head`.
+    fn forward_to_head<R>(&self, x: &Tensor, observe: &mut dyn FnMut(usize, &Tensor), head: impl FnOnce(&Detect, &[&Tensor]) -> R) -> R {
         let mut outputs: Vec<Option<Tensor>> = vec![None; self.layers.len()];
         let mut prev: Option<Tensor> = None;
         for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate() {
@@ -714,7 +725,7 @@ impl Yolo26 {
                 }
                 Layer::Detect(d) => {
                     let feats: Vec<&Tensor> = (0..node.from.len()).map(input).collect();
-                    return d.forward(&feats, mode);
+                    return head(d, &feats);
                 }
             };
             observe(i, &y);

@@ -37,6 +37,7 @@ use crate::engine::Tensor;
 use crate::model::{HeadMode, Yolo26};
 use crate::output::run_dir::increment_run_dir;
 use crate::predict::postprocess::{self, PostprocessOptions};
+use crate::train::loss::{e2e_loss, BranchLoss, LossConfig, Target};
 use crate::Yolo;
 
 pub use metrics::{ApPerClass, ConfusionMatrix, Stats, IOU_THRESHOLDS, NIOU};
@@ -82,6 +83,9 @@ pub struct ValOptions {
     pub save_dir: Option<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Also compute the training loss on each batch (the trainer's validation losses), with
+    /// these gains and branch weight.
+    pub loss: Option<LossConfig>,
 }
 
 impl Default for ValOptions {
@@ -99,6 +103,7 @@ impl Default for ValOptions {
             plots: true,
             save_dir: None,
             progress: true,
+            loss: None,
         }
     }
 }
@@ -153,6 +158,8 @@ pub struct Metrics {
     pub skipped: Vec<DatasetIssue>,
     /// Folder the plots went to.
     pub save_dir: Option<PathBuf>,
+    /// Mean one-to-one loss items over the batches, when [`ValOptions::loss`] asked for them.
+    pub loss: Option<BranchLoss>,
 }
 
 impl Metrics {
@@ -238,6 +245,11 @@ impl Metrics {
 /// Python's `%.3g`: three significant digits, trailing zeros dropped, exponent form outside
 /// 1e-4 .. 1e3.
 pub fn format_g3(x: f64) -> String {
+    format_g(x, 3)
+}
+
+/// Python's `'%.{p}g' % x`.
+pub fn format_g(x: f64, p: usize) -> String {
     if x.is_nan() {
         return "nan".into();
     }
@@ -247,14 +259,14 @@ pub fn format_g3(x: f64) -> String {
     if x == 0.0 {
         return if x.is_sign_negative() { "-0".into() } else { "0".into() };
     }
-    const P: i32 = 3;
-    // The exponent after rounding to P significant digits.
-    let sci = format!("{:.*e}", (P - 1) as usize, x);
+    let prec = p.max(1) as i32;
+    // The exponent after rounding to prec significant digits.
+    let sci = format!("{:.*e}", (prec - 1) as usize, x);
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let strip = |s: &str| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s.to_string() };
-    if (-4..P).contains(&exp) {
-        strip(&format!("{:.*}", (P - 1 - exp) as usize, x))
+    if (-4..prec).contains(&exp) {
+        strip(&format!("{:.*}", (prec - 1 - exp) as usize, x))
     } else {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", strip(mantissa), exp.abs())
@@ -397,6 +409,7 @@ pub fn validate(model: &Yolo26, names: &[String], data: &LabeledSplit, opts: &Va
     let mut skipped: Vec<DatasetIssue> = data.issues.clone();
     let (mut t_pre, mut t_inf, mut t_post) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut seen = 0usize;
+    let (mut loss_sum, mut loss_batches) = ([0.0f64; 3], 0usize);
 
     for (bi, (chunk, &shape)) in order.chunks(opts.batch).zip(&batch_shapes).enumerate() {
         let t0 = Instant::now();
@@ -426,7 +439,32 @@ pub fn validate(model: &Yolo26, names: &[String], data: &LabeledSplit, opts: &Va
         }
         let tensor = Tensor::new([n, 3, shape.0 as usize, shape.1 as usize], input);
         let t1 = Instant::now();
-        let head = model.forward(&tensor, mode);
+        let head = match &opts.loss {
+            None => model.forward(&tensor, mode),
+            Some(cfg) => {
+                let (o2m, o2o) = model.forward_both(&tensor);
+                let (h, w) = (shape.0 as f32, shape.1 as f32);
+                let targets: Vec<Target> = ok
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(k, (_, p))| {
+                        p.gts.iter().map(move |&([x0, y0, x1, y1], class)| Target {
+                            batch_index: k,
+                            class,
+                            cxcywh: [(x0 + x1) / 2.0 / w, (y0 + y1) / 2.0 / h, (x1 - x0) / w, (y1 - y0) / h],
+                        })
+                    })
+                    .collect();
+                let l = e2e_loss(&o2m, &o2o, &targets, (shape.0 as usize, shape.1 as usize), cfg).one2one;
+                loss_sum = [loss_sum[0] + l.box_loss as f64, loss_sum[1] + l.cls_loss as f64, loss_sum[2] + l.l1_loss as f64];
+                loss_batches += 1;
+                if opts.nms {
+                    o2m
+                } else {
+                    o2o
+                }
+            }
+        };
         drop(tensor);
         let t2 = Instant::now();
         let dets: Vec<Vec<postprocess::Detection>> = (0..n)
@@ -506,6 +544,10 @@ pub fn validate(model: &Yolo26, names: &[String], data: &LabeledSplit, opts: &Va
         names: names.to_vec(),
         skipped,
         save_dir,
+        loss: (loss_batches > 0).then(|| {
+            let n = loss_batches as f64;
+            BranchLoss { box_loss: (loss_sum[0] / n) as f32, cls_loss: (loss_sum[1] / n) as f32, l1_loss: (loss_sum[2] / n) as f32 }
+        }),
     };
     if out.instances == 0 {
         eprintln!("WARNING: no labels found in the '{}' split, cannot compute metrics without labels", data.split);

@@ -23,7 +23,7 @@ const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
 const GREY: Rgb<u8> = Rgb([128, 128, 128]);
 const BLUE: Rgb<u8> = Rgb([0, 0, 255]);
 /// Matplotlib's default colour cycle ("tab10"), which the reference's per-class curves use.
-const TAB10: [[u8; 3]; 10] = [
+pub(crate) const TAB10: [[u8; 3]; 10] = [
     [31, 119, 180],
     [255, 127, 14],
     [44, 160, 44],
@@ -54,17 +54,17 @@ const MOSAIC_MAX_IMAGES: usize = 16;
 const MOSAIC_MAX_SIZE: u32 = 1920;
 
 /// A raster canvas with the few primitives the plots need.
-struct Canvas {
-    img: RgbImage,
+pub(crate) struct Canvas {
+    pub(crate) img: RgbImage,
 }
 
 impl Canvas {
-    fn new(w: u32, h: u32) -> Self {
+    pub(crate) fn new(w: u32, h: u32) -> Self {
         Self { img: RgbImage::from_pixel(w, h, WHITE) }
     }
 
     /// Mixes `color` into pixel (x, y) with weight `a` (0..1), ignoring pixels off the canvas.
-    fn blend(&mut self, x: i64, y: i64, color: Rgb<u8>, a: f64) {
+    pub(crate) fn blend(&mut self, x: i64, y: i64, color: Rgb<u8>, a: f64) {
         if x < 0 || y < 0 || x >= self.img.width() as i64 || y >= self.img.height() as i64 || a <= 0.0 {
             return;
         }
@@ -75,7 +75,7 @@ impl Canvas {
         }
     }
 
-    fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
+    pub(crate) fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgb<u8>) {
         for y in y0.max(0)..y1.min(self.img.height() as i64) {
             for x in x0.max(0)..x1.min(self.img.width() as i64) {
                 self.img.put_pixel(x as u32, y as u32, color);
@@ -84,7 +84,7 @@ impl Canvas {
     }
 
     /// A straight segment `width` pixels wide with round ends, anti-aliased by pixel coverage.
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, color: Rgb<u8>) {
+    pub(crate) fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, color: Rgb<u8>) {
         if !(x0.is_finite() && y0.is_finite() && x1.is_finite() && y1.is_finite()) {
             return;
         }
@@ -112,14 +112,14 @@ impl Canvas {
         }
     }
 
-    fn polyline(&mut self, pts: &[(f64, f64)], width: f64, color: Rgb<u8>) {
+    pub(crate) fn polyline(&mut self, pts: &[(f64, f64)], width: f64, color: Rgb<u8>) {
         for w in pts.windows(2) {
             self.line(w[0], w[1], width, color);
         }
     }
 
     /// Text with its top-left corner at (x, y), each font pixel `scale` pixels wide.
-    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, color: Rgb<u8>) {
+    pub(crate) fn text(&mut self, x: i64, y: i64, s: &str, scale: i64, color: Rgb<u8>) {
         for (i, ch) in s.chars().enumerate() {
             let glyph = glyph(ch);
             let gx = x + i as i64 * 8 * scale;
@@ -135,7 +135,7 @@ impl Canvas {
     }
 
     /// Text turned 90° anticlockwise (reading upwards), its bounding box's top-left at (x, y).
-    fn text_up(&mut self, x: i64, y: i64, s: &str, scale: i64, color: Rgb<u8>) {
+    pub(crate) fn text_up(&mut self, x: i64, y: i64, s: &str, scale: i64, color: Rgb<u8>) {
         let len = s.chars().count() as i64;
         for (i, ch) in s.chars().enumerate() {
             let glyph = glyph(ch);
@@ -153,7 +153,7 @@ impl Canvas {
         }
     }
 
-    fn save(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
         self.img.save(path).with_context(|| format!("saving {}", path.display()))
     }
 }
@@ -163,7 +163,7 @@ fn glyph(ch: char) -> [u8; 8] {
     font8x8::legacy::BASIC_LEGACY[code]
 }
 
-fn text_width(s: &str, scale: i64) -> i64 {
+pub(crate) fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * 8 * scale
 }
 

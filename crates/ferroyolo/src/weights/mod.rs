@@ -12,4 +12,4 @@ pub mod pickle;
 pub mod pt;
 pub mod hub;
 
-pub use checkpoint::{Checkpoint, CheckpointError, DType, ModuleInfo, StoredTensor, TensorKind, TensorValues};
+pub use checkpoint::{write_atomic, Checkpoint, CheckpointError, DType, ModuleInfo, StoredTensor, TensorKind, TensorValues};
