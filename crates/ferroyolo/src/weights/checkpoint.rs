@@ -558,7 +558,19 @@ fn decode_le(dtype: DType, bytes: &[u8]) -> TensorValues {
 // ----- from the unpickled object graph -----
 
 /// Builds the checkpoint from an opened torch archive.
-fn from_archive<R: Read + Seek>(archive: TorchArchive<R>) -> Result<Checkpoint, CheckpointError> {
+fn from_archive<R: Read + Seek>(mut archive: TorchArchive<R>) -> Result<Checkpoint, CheckpointError> {
+    let path = archive.path().to_owned();
+    from_archive_slot(&mut archive, None)?
+        .ok_or_else(|| CheckpointError::Format { path, msg: "checkpoint holds no model".into() })
+}
+
+/// Builds the checkpoint of one model in an opened torch archive: `slot` names the root-dict
+/// entry (`"model"` or `"ema"`; `None` on a missing or non-module entry), or with `None` the
+/// loader's choice: `ckpt["ema"]` when a module, else `ckpt["model"]` (an error when neither is).
+pub(crate) fn from_archive_slot<R: Read + Seek>(
+    archive: &mut TorchArchive<R>,
+    slot: Option<&str>,
+) -> Result<Option<Checkpoint>, CheckpointError> {
     let mut b = Builder { a: archive, work: 0, name_bytes: 0, modules_seen: 0 };
     let root = b.a.pickle().root();
 
@@ -566,16 +578,26 @@ fn from_archive<R: Read + Seek>(archive: TorchArchive<R>) -> Result<Checkpoint, 
     // (torch.save(model)) is accepted too.
     let (model, from_ema, root_dict) = match b.a.pickle().node(root) {
         Some(Node::Dict(d)) => {
-            let ema = d.get_str("ema").filter(|&v| b.a.pickle().as_object(v).is_some());
-            match ema {
-                Some(e) => (e, true, Some(root)),
-                None => {
-                    let m = d.get_str("model").filter(|&v| b.a.pickle().as_object(v).is_some());
-                    (m.ok_or_else(|| b.format("checkpoint holds no model (neither 'ema' nor 'model' is a module)"))?, false, Some(root))
-                }
+            let module = |key: &str| d.get_str(key).filter(|&v| b.a.pickle().as_object(v).is_some());
+            match slot {
+                Some(key) => match module(key) {
+                    Some(m) => (m, key == "ema", Some(root)),
+                    None => return Ok(None),
+                },
+                None => match module("ema") {
+                    Some(e) => (e, true, Some(root)),
+                    None => (
+                        module("model").ok_or_else(|| {
+                            b.format("checkpoint holds no model (neither 'ema' nor 'model' is a module)")
+                        })?,
+                        false,
+                        Some(root),
+                    ),
+                },
             }
         }
-        Some(Node::Object(_)) => (root, false, None),
+        Some(Node::Object(_)) if slot.is_none() => (root, false, None),
+        Some(Node::Object(_)) => return Ok(None),
         _ => return Err(b.format("data.pkl holds neither a checkpoint dict nor a model")),
     };
 
@@ -619,7 +641,7 @@ fn from_archive<R: Read + Seek>(archive: TorchArchive<R>) -> Result<Checkpoint, 
         }
     }
 
-    Ok(Checkpoint {
+    Ok(Some(Checkpoint {
         source: b.a.path().to_owned(),
         tensors,
         modules,
@@ -629,7 +651,7 @@ fn from_archive<R: Read + Seek>(archive: TorchArchive<R>) -> Result<Checkpoint, 
         train_args,
         metadata: Json::Object(metadata),
         from_ema,
-    })
+    }))
 }
 
 /// All numbers of a (nested) JSON array, in order.
@@ -641,8 +663,8 @@ fn flat_numbers(v: &Json) -> Vec<f64> {
     }
 }
 
-struct Builder<R: Read + Seek> {
-    a: TorchArchive<R>,
+struct Builder<'x, R: Read + Seek> {
+    a: &'x mut TorchArchive<R>,
     /// Steps taken so far (bounded by [`MAX_WORK`]).
     work: usize,
     /// Bytes of names built so far (bounded by [`MAX_NAME_BYTES`]).
@@ -650,7 +672,7 @@ struct Builder<R: Read + Seek> {
     modules_seen: usize,
 }
 
-impl<R: Read + Seek> Builder<R> {
+impl<R: Read + Seek> Builder<'_, R> {
     fn format(&self, msg: impl Into<String>) -> CheckpointError {
         CheckpointError::Format { path: self.a.path().to_owned(), msg: msg.into() }
     }

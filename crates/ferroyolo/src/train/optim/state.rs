@@ -6,7 +6,11 @@ use super::OptimizerKind;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+use crate::weights::checkpoint::DType;
+use crate::weights::pickle_write::{PyTensor, PyValue, TensorData};
 
 /// The buffers one parameter has accumulated, named as in PyTorch's optimizer state.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -195,5 +199,151 @@ impl OptimizerState {
             bail!("optimizer state: buffers for {name}, which the header does not list");
         }
         Ok(OptimizerState { kind: header.kind, accumulate: header.accumulate, groups, buffers })
+    }
+}
+
+/// `param_group` label back to its kind.
+fn group_kind(label: &str) -> Result<GroupKind> {
+    Ok(match label {
+        "weight" => GroupKind::Weight,
+        "bn" => GroupKind::Bn,
+        "bias" => GroupKind::Bias,
+        "muon" => GroupKind::Muon,
+        other => bail!("optimizer state: unknown param_group '{other}'"),
+    })
+}
+
+impl OptimizerState {
+    /// The state as Python data for a `.pt` checkpoint, shaped like a torch optimizer
+    /// `state_dict()`: `state` maps parameter indices (numbered through the groups in order) to
+    /// their buffers (fp32 tensors) and `step`; `param_groups` holds the hyperparameters as exact
+    /// Python floats, `params` (indices), `param_names` and the `param_group` label. Our extras:
+    /// `beta2`, `use_muon`, `boosted` per group, `optimizer` and `accumulate` at the top.
+    pub fn to_py(&self) -> Result<PyValue<'_>> {
+        let s = |x: &'static str| PyValue::Str(Cow::Borrowed(x));
+        let mut index: HashMap<&str, i64> = HashMap::new();
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for g in &self.groups {
+            let mut ids = Vec::with_capacity(g.params.len());
+            for name in &g.params {
+                let id = index.len() as i64;
+                ensure!(index.insert(name.as_str(), id).is_none(), "optimizer state: '{name}' is in two groups");
+                ids.push(PyValue::Int(id));
+            }
+            groups.push(PyValue::Dict(vec![
+                (s("lr"), PyValue::Float(g.lr)),
+                (s("initial_lr"), PyValue::Float(g.initial_lr)),
+                (s("momentum"), PyValue::Float(g.momentum)),
+                (s("beta2"), PyValue::Float(g.beta2)),
+                (s("weight_decay"), PyValue::Float(g.weight_decay)),
+                (s("nesterov"), PyValue::Bool(g.nesterov)),
+                (s("param_group"), s(g.kind.as_str())),
+                (s("use_muon"), PyValue::Bool(g.use_muon)),
+                (s("boosted"), PyValue::Bool(g.boosted)),
+                (s("params"), PyValue::List(ids)),
+                (s("param_names"), PyValue::List(g.params.iter().map(|n| PyValue::Str(Cow::Borrowed(n.as_str()))).collect())),
+            ]));
+        }
+        let mut state = Vec::with_capacity(self.buffers.len());
+        for (name, b) in &self.buffers {
+            let id = *index.get(name.as_str()).with_context(|| format!("optimizer state: '{name}' has buffers but no group"))?;
+            let mut entry = Vec::new();
+            for (key, v) in b.named() {
+                let t = PyTensor::new(DType::F32, vec![v.len()], TensorData::F32(Cow::Borrowed(v.as_slice())));
+                entry.push((s(key), PyValue::Tensor(t)));
+            }
+            entry.push((s("step"), PyValue::Int(i64::try_from(b.step).context("optimizer state: step out of range")?)));
+            state.push((PyValue::Int(id), PyValue::Dict(entry)));
+        }
+        Ok(PyValue::Dict(vec![
+            (s("state"), PyValue::Dict(state)),
+            (s("param_groups"), PyValue::List(groups)),
+            (s("optimizer"), s(self.kind.name())),
+            (s("accumulate"), PyValue::Int(i64::try_from(self.accumulate)?)),
+        ]))
+    }
+
+    /// Reads the value written by [`OptimizerState::to_py`] (as loaded from a checkpoint).
+    pub fn from_py(v: &PyValue<'_>) -> Result<Self> {
+        let field = |d: &PyValue<'_>, k: &str| -> Result<PyValue<'static>> {
+            d.get(k).map(owned).with_context(|| format!("optimizer state: no '{k}'"))
+        };
+        let float = |d: &PyValue<'_>, k: &str| -> Result<f64> {
+            field(d, k)?.as_f64().with_context(|| format!("optimizer state: '{k}' is not a number"))
+        };
+        let boolean = |d: &PyValue<'_>, k: &str| -> Result<bool> {
+            field(d, k)?.as_bool().with_context(|| format!("optimizer state: '{k}' is not a bool"))
+        };
+        let kind_name = field(v, "optimizer")?;
+        let kind = OptimizerKind::from_name(kind_name.as_str().context("optimizer state: 'optimizer' is not a string")?)?;
+        let accumulate = usize::try_from(
+            field(v, "accumulate")?.as_int().context("optimizer state: 'accumulate' is not an integer")?,
+        )
+        .context("optimizer state: negative 'accumulate'")?;
+
+        let groups_v = v.get("param_groups").and_then(PyValue::as_sequence).context("optimizer state: no 'param_groups' list")?;
+        let mut names_by_id: HashMap<i64, String> = HashMap::new();
+        let mut groups = Vec::with_capacity(groups_v.len());
+        for g in groups_v {
+            let ids = g.get("params").and_then(PyValue::as_sequence).context("optimizer state: group without 'params'")?;
+            let names =
+                g.get("param_names").and_then(PyValue::as_sequence).context("optimizer state: group without 'param_names'")?;
+            ensure!(ids.len() == names.len(), "optimizer state: group 'params' and 'param_names' differ in length");
+            let mut params = Vec::with_capacity(names.len());
+            for (id, name) in ids.iter().zip(names) {
+                let id = id.as_int().context("optimizer state: parameter index is not an integer")?;
+                let name = name.as_str().context("optimizer state: parameter name is not a string")?.to_string();
+                ensure!(names_by_id.insert(id, name.clone()).is_none(), "optimizer state: parameter index {id} repeated");
+                params.push(name);
+            }
+            let label = field(g, "param_group")?;
+            groups.push(ParamGroup {
+                kind: group_kind(label.as_str().context("optimizer state: 'param_group' is not a string")?)?,
+                boosted: boolean(g, "boosted")?,
+                use_muon: boolean(g, "use_muon")?,
+                lr: float(g, "lr")?,
+                initial_lr: float(g, "initial_lr")?,
+                momentum: float(g, "momentum")?,
+                beta2: float(g, "beta2")?,
+                weight_decay: float(g, "weight_decay")?,
+                nesterov: boolean(g, "nesterov")?,
+                params,
+            });
+        }
+
+        let state = v.get("state").and_then(PyValue::as_dict).context("optimizer state: no 'state' dict")?;
+        let mut buffers = Vec::with_capacity(state.len());
+        for (id, entry) in state {
+            let id = id.as_int().context("optimizer state: state key is not an integer")?;
+            let name = names_by_id.get(&id).with_context(|| format!("optimizer state: state for unknown parameter {id}"))?;
+            let mut b = ParamBuffers::default();
+            for (key, value) in entry.as_dict().context("optimizer state: a parameter's state is not a dict")? {
+                let key = key.as_str().context("optimizer state: buffer name is not a string")?;
+                if key == "step" {
+                    b.step = u64::try_from(value.as_int().context("optimizer state: 'step' is not an integer")?)
+                        .context("optimizer state: negative 'step'")?;
+                    continue;
+                }
+                let t = value.as_tensor().with_context(|| format!("optimizer state: '{name}/{key}' is not a tensor"))?;
+                ensure!(t.dtype == DType::F32, "optimizer state: '{name}/{key}' is {}, not float32", t.dtype);
+                let TensorData::F32(values) = &t.data else { bail!("optimizer state: '{name}/{key}' is not float") };
+                let slot = b.slot_mut(key).with_context(|| format!("optimizer state: unknown buffer '{name}/{key}'"))?;
+                *slot = Some(values.to_vec());
+            }
+            buffers.push((name.clone(), b));
+        }
+        Ok(OptimizerState { kind, accumulate, groups, buffers })
+    }
+}
+
+/// A scalar or string field copied out of a borrowed value (containers are not needed).
+fn owned(v: &PyValue<'_>) -> PyValue<'static> {
+    match v {
+        PyValue::None => PyValue::None,
+        PyValue::Bool(b) => PyValue::Bool(*b),
+        PyValue::Int(i) => PyValue::Int(*i),
+        PyValue::Float(f) => PyValue::Float(*f),
+        PyValue::Str(s) => PyValue::Str(Cow::Owned(s.to_string())),
+        _ => PyValue::None,
     }
 }
