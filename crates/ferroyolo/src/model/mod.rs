@@ -4,6 +4,7 @@
 pub mod config;
 pub mod init;
 pub mod train;
+pub mod transfer;
 pub mod weights;
 pub mod yolo26;
 
