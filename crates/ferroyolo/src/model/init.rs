@@ -20,6 +20,8 @@ struct InitStore {
     rng: Rng,
     nc: usize,
     detect_prefix: String,
+    /// Class-branch hidden width to build instead of the nc rule (a transfer keeps the source's).
+    cls_width: Option<usize>,
     tensors: Vec<(String, StoredTensor)>,
 }
 
@@ -61,8 +63,10 @@ impl WeightStore for InitStore {
         }
     }
 
-    fn shape_of(&self, _name: &str) -> Option<Vec<usize>> {
-        None
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        // Only the width the Detect head asks about; its first dimension is all it reads.
+        let width = self.cls_width?;
+        (name.strip_prefix(&self.detect_prefix)? == "cv3.0.0.1.conv.weight").then(|| vec![width])
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -105,19 +109,41 @@ impl InitStore {
 /// A checkpoint with freshly initialised weights for the built-in YOLO26 config at `scale`
 /// (`n`, `s`, `m`, `l`, `x`) with `nc` classes, deterministic for a given `seed`.
 pub fn random_checkpoint(scale: &str, nc: usize, names: Option<Vec<String>>, seed: u64) -> Result<Checkpoint> {
-    let mut cfg = config::parse_yaml(config::YOLO26_YAML)?;
-    let plan = config::resolve(&cfg, Some(nc), Some(scale))?;
+    let cfg = config::parse_yaml(config::YOLO26_YAML)?;
     let names = names.unwrap_or_else(|| (0..nc).map(|i| format!("class{i}")).collect());
+    fresh_checkpoint(&cfg, Some(scale), nc, names, seed, None)
+}
+
+/// A checkpoint with freshly initialised weights for the model config `cfg` (a YOLO26 YAML dict,
+/// e.g. a checkpoint's embedded one) with `nc` classes named `names`, at `scale` (or the config's
+/// own). `cls_width` builds the Detect class branch at that hidden width instead of the nc rule
+/// `max(ch[0], min(nc, 100))`, as the reference does when it transfers a head of another width.
+pub fn fresh_checkpoint(
+    cfg: &serde_json::Value,
+    scale: Option<&str>,
+    nc: usize,
+    names: Vec<String>,
+    seed: u64,
+    cls_width: Option<usize>,
+) -> Result<Checkpoint> {
+    let plan = config::resolve(cfg, Some(nc), scale)?;
     if names.len() != nc {
         bail!("{} class names for {nc} classes", names.len());
     }
+    if cls_width == Some(0) {
+        bail!("class-branch width must be at least 1");
+    }
     let detect_prefix = format!("model.{}.", plan.layers.len() - 1);
     debug_assert!(matches!(plan.layers.last().map(|l| &l.spec), Some(LayerSpec::Detect { .. })));
-    let mut store = InitStore { rng: Rng::keyed(&[seed, 0x1d_2026]), nc, detect_prefix, tensors: Vec::new() };
+    let (scale, scale_requested) = (plan.scale.clone(), scale.is_some());
+    let mut store = InitStore { rng: Rng::keyed(&[seed, 0x1d_2026]), nc, detect_prefix, cls_width, tensors: Vec::new() };
     Yolo26::load(plan, STRIDES.to_vec(), &mut store)?;
+    let mut cfg = cfg.clone();
     cfg["nc"] = nc.into();
-    cfg["scale"] = scale.into();
-    cfg["yaml_file"] = format!("yolo26{scale}.yaml").into();
+    cfg["scale"] = scale.as_str().into();
+    if scale_requested || cfg.get("yaml_file").is_none() {
+        cfg["yaml_file"] = format!("yolo26{scale}.yaml").into();
+    }
     Ok(Checkpoint {
         source: PathBuf::from(format!("yolo26{scale}.yaml")),
         tensors: store.tensors,
@@ -154,6 +180,20 @@ mod tests {
         }
         // A different class count shrinks the class branch (c3 = max(ch0, min(nc, 100))).
         assert_eq!(random_checkpoint("n", 3, None, 0).unwrap().parameter_count(), 2_504_970);
+    }
+
+    #[test]
+    fn the_class_branch_can_keep_another_width() {
+        // YOLO26.md 5: n with nc = 3 at the COCO width 80 has 2,534,858 parameters.
+        let cfg = config::parse_yaml(config::YOLO26_YAML).unwrap();
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let ckpt = fresh_checkpoint(&cfg, Some("n"), 3, names.clone(), 0, Some(80)).unwrap();
+        assert_eq!(ckpt.parameter_count(), 2_534_858);
+        assert_eq!(ckpt.tensor("model.23.one2one_cv3.2.1.1.conv.weight").unwrap().shape, [80, 80, 1, 1]);
+        assert_eq!(ckpt.tensor("model.23.cv3.0.2.weight").unwrap().shape, [3, 80, 1, 1]);
+        // Without it, the nc rule; and the model builds from either.
+        assert_eq!(fresh_checkpoint(&cfg, Some("n"), 3, names, 0, None).unwrap().parameter_count(), 2_504_970);
+        assert_eq!(crate::Yolo::from_checkpoint(ckpt).unwrap().model().nc(), 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod config;
 pub mod init;
 pub mod state;
 pub mod train;
+pub mod transfer;
 pub mod weights;
 pub mod yolo26;
 
