@@ -279,3 +279,28 @@ fn bad_targets_are_refused_clearly() {
     let err = transfer(&no_cfg, &TargetSpec::new(1, names(&["a"])), 0).unwrap_err().to_string();
     assert!(err.contains("no embedded model config"), "{err}");
 }
+
+#[test]
+fn across_scales_only_class_biases_are_remapped() {
+    // The class convs of yolo26s are wider than yolo26n's, so the reference remaps the bias rows
+    // by name but leaves the weights fresh.
+    let fx = fixtures_or_skip!();
+    let src = coco(&fx);
+    let target = TargetSpec { scale: Some("s".into()), ..TargetSpec::new(2, names(&["car", "person"])) };
+    let (out, report) = transfer(&src, &target, 0).unwrap();
+    let car = src.names.iter().position(|n| n == "car").unwrap();
+    assert_eq!(report.remapped_rows.iter().map(|r| (r.target, r.source)).collect::<Vec<_>>(), vec![(0, car), (1, 0)]);
+    assert_eq!(report.remapped_tensors, 6);
+    for name in final_cls_convs() {
+        let (s, t) = (src.tensor(&name).unwrap(), out.tensor(&name).unwrap());
+        if name.ends_with("bias") {
+            assert_eq!(f32s(t), &[f32s(s)[car], f32s(s)[0]], "{name}");
+        } else {
+            assert!(report.fresh.contains(&name), "{name}");
+            assert_ne!(t.shape[1], s.shape[1]);
+        }
+    }
+    let same_shape = out.tensors.iter().filter(|(n, t)| src.tensor(n).is_some_and(|s| s.shape == t.shape)).count();
+    // Same-shaped tensors, the 6 remapped biases and the filled first conv (127 in the reference).
+    assert_eq!(report.transferred, same_shape + report.remapped_tensors + 1);
+}
