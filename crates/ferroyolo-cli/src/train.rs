@@ -107,7 +107,9 @@ pub fn run(a: TrainCliArgs) -> Result<()> {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
     }
     set!(model, epochs, batch, imgsz, patience, optimizer, lr0, lrf, momentum, weight_decay, warmup_epochs, cos_lr, close_mosaic, seed, workers, project, name, exist_ok, val, plots, mosaic, fliplr, flipud, scale, translate, degrees, hsv_h, hsv_s, hsv_v, nms);
-    t.freeze = a.freeze.clone();
+    if let Some(f) = a.freeze.clone() {
+        t.freeze = f;
+    }
     let Some(data) = a.data.clone() else { bail!("train needs data=path/to/data.yaml") };
     t.data = data;
     let summary = train::train(&t)?;

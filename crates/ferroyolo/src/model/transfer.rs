@@ -389,6 +389,33 @@ impl FreezeSpec {
     }
 }
 
+impl FreezeSpec {
+    /// The value as a config holds it (`null`, an integer, or a list of integers and strings),
+    /// the inverse of [`FreezeSpec::from_json`].
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::None => Value::Null,
+            Self::First(n) => Value::from(*n),
+            Self::List(items) => {
+                Value::Array(items.iter().map(|x| x.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(x.as_str()))).collect())
+            }
+        }
+    }
+}
+
+impl serde::Serialize for FreezeSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FreezeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Self::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Integers are written as Python prints them (`007` → `7`); fragments stay as written.
 fn normalize_item(item: &str) -> String {
     item.parse::<i64>().map(|n| n.to_string()).unwrap_or_else(|_| item.to_string())

@@ -332,6 +332,9 @@ impl C3k2 {
     #[allow(clippy::too_many_arguments)]
     fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, n: usize, c3k: bool, e: f64, attn: bool, shortcut: bool) -> Result<Self> {
         let c = (c2 as f64 * e) as usize;
+        // Registration (state_dict) order: cv1, cv2, then the inner blocks.
+        let cv1 = ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?;
+        let cv2 = ConvBn::load(ws, &format!("{p}.cv2"), (2 + n) * c, c2, 1, 1, 1, true)?;
         let m = (0..n)
             .map(|i| {
                 let mp = format!("{p}.m.{i}");
@@ -344,12 +347,7 @@ impl C3k2 {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
-            c,
-            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?,
-            cv2: ConvBn::load(ws, &format!("{p}.cv2"), (2 + n) * c, c2, 1, 1, 1, true)?,
-            m,
-        })
+        Ok(Self { c, cv1, cv2, m })
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {

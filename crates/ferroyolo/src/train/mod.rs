@@ -9,4 +9,5 @@ pub mod optim;
 pub mod results;
 pub mod trainer;
 
-pub use trainer::{resume, train, train_with_hooks, FreezeSpec, TrainArgs, TrainHooks, TrainSummary};
+pub use crate::model::transfer::FreezeSpec;
+pub use trainer::{resume, train, train_with_hooks, TrainArgs, TrainHooks, TrainSummary};

@@ -25,6 +25,7 @@ use super::optim::{clip_grad_norm, resolve_optimizer, Ema, OptimConfig, Optimize
 use super::results::{ResultsLog, ResultsRow};
 use crate::data::dataset::{scan_split, DatasetConfig, LabeledSplit};
 use crate::model::state::checkpoint_with_state;
+use crate::model::transfer::{check_trainable, frozen_prefixes, FreezeSpec};
 use crate::model::{self, Yolo26};
 use crate::output::run_dir::increment_run_dir;
 use crate::val::{self, Metrics, ValOptions};
@@ -56,8 +57,8 @@ pub struct TrainArgs {
     pub close_mosaic: usize,
     pub seed: u64,
     pub workers: usize,
-    /// `None`: nothing frozen; else layer count or list (see [`FreezeSpec`]).
-    pub freeze: Option<FreezeSpec>,
+    /// Layers kept fixed: a count or a list (see [`FreezeSpec`]).
+    pub freeze: FreezeSpec,
     pub project: PathBuf,
     pub name: String,
     pub exist_ok: bool,
@@ -112,7 +113,7 @@ impl Default for TrainArgs {
             close_mosaic: 10,
             seed: 0,
             workers: 2,
-            freeze: None,
+            freeze: FreezeSpec::None,
             project: PathBuf::from("runs/detect"),
             name: "train".into(),
             exist_ok: false,
@@ -191,63 +192,6 @@ impl TrainArgs {
     }
 }
 
-/// Which layers `freeze` keeps fixed: the first N layers, or a list of layer indices and
-/// module-name fragments (`23.cv2`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum FreezeSpec {
-    First(usize),
-    List(Vec<FreezeItem>),
-}
-
-/// One entry of a freeze list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum FreezeItem {
-    Layer(usize),
-    Name(String),
-}
-
-impl FreezeSpec {
-    /// Parses `10` (first ten layers), `0,1,2`, `[0, 1, "23.cv2"]`.
-    pub fn parse(s: &str) -> Result<FreezeSpec> {
-        let t = s.trim();
-        if let Ok(n) = t.parse::<usize>() {
-            return Ok(FreezeSpec::First(n));
-        }
-        let inner = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(t);
-        let items = inner
-            .split(',')
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(|x| {
-                let x = x.trim_matches(|c| c == '"' || c == '\'');
-                match x.parse::<usize>() {
-                    Ok(n) => Ok(FreezeItem::Layer(n)),
-                    Err(_) if x.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') => Ok(FreezeItem::Name(x.to_string())),
-                    Err(_) => bail!("freeze={s}: '{x}' is neither a layer index nor a module name like 23.cv2"),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(FreezeSpec::List(items))
-    }
-
-    /// The name prefixes (`model.<x>.`) of frozen modules: a module is frozen when its
-    /// state_dict prefix contains one of them, as the reference tests parameter names.
-    pub fn prefixes(&self) -> Vec<String> {
-        match self {
-            FreezeSpec::First(n) => (0..*n).map(|i| format!("model.{i}.")).collect(),
-            FreezeSpec::List(items) => items
-                .iter()
-                .map(|it| match it {
-                    FreezeItem::Layer(i) => format!("model.{i}."),
-                    FreezeItem::Name(s) => format!("model.{}.", s.trim_matches('.')),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// What a finished (or stopped) run leaves.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
@@ -285,11 +229,11 @@ pub struct TrainHooks<'a> {
 }
 
 /// The reference's early stopping on fitness.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Stopper {
-    best_fitness: f64,
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Stopper {
+    pub best_fitness: f64,
     /// 1-based epoch of the best fitness.
-    best_epoch: usize,
+    pub best_epoch: usize,
 }
 
 impl Stopper {
@@ -308,7 +252,7 @@ pub(crate) struct RunState {
     /// Epochs completed.
     pub epochs_done: usize,
     pub best_fitness: Option<f64>,
-    stopper: Stopper,
+    pub stopper: Stopper,
     pub optimizer: OptimizerState,
     pub ema: Vec<(String, Vec<f32>)>,
     pub ema_updates: usize,
@@ -316,8 +260,6 @@ pub(crate) struct RunState {
     pub last_step: Option<usize>,
     /// Gradients summed since the last step (carried across epochs, as the reference does).
     pub pending: Vec<(String, Vec<f32>)>,
-    /// Training forward passes so far (BatchNorm `num_batches_tracked`).
-    pub batches_seen: i64,
 }
 
 /// Trains a model as `args` say. See the module documentation.
@@ -399,7 +341,8 @@ impl Trainer {
                 ParamSpec::from_name(n, shape)
             })
             .collect();
-        let frozen = args.freeze.as_ref().map(FreezeSpec::prefixes).unwrap_or_default();
+        let frozen = frozen_prefixes(&args.freeze);
+        check_trainable(&args.freeze, specs.iter().map(|p| p.name.as_str()))?;
         let mut trainer = Trainer {
             optimizer: Optimizer::new(&cfg, &specs),
             ema: Ema::new(&model.float_state()),
@@ -433,7 +376,8 @@ impl Trainer {
         self.best_fitness = s.best_fitness;
         self.stopper = s.stopper;
         self.last_step = s.last_step;
-        self.batches_seen = s.batches_seen;
+        // The resumed model's `num_batches_tracked` already counts the earlier batches.
+        self.batches_seen = 0;
         let index: std::collections::HashMap<&str, usize> = self.specs.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
         for (name, g) in s.pending {
             let Some(&i) = index.get(name.as_str()) else { bail!("resume state has a gradient for unknown parameter {name}") };
@@ -680,7 +624,6 @@ impl Trainer {
             ema_updates: self.ema.updates(),
             last_step: self.last_step,
             pending: self.pending.iter().zip(&self.specs).filter_map(|(g, p)| g.as_ref().map(|g| (p.name.clone(), g.clone()))).collect(),
-            batches_seen: self.batches_seen,
         }
     }
 
@@ -741,7 +684,7 @@ fn initial_checkpoint(args: &TrainArgs, names: &[String]) -> Result<Checkpoint> 
     }
     let weights = hub::resolve_weights(path)?;
     let ckpt = Checkpoint::load(&weights)?;
-    super::checkpoint::adapt_to_dataset(ckpt, names, args.seed)
+    super::checkpoint::adapt_to_dataset(ckpt, names, args.seed, args.verbose)
 }
 
 /// Peak resident memory of this process in GB (Linux; 0 elsewhere).
