@@ -4,6 +4,7 @@
 mod args;
 mod info;
 mod predict;
+mod synthetic;
 mod val;
 
 use anyhow::Result;
@@ -26,6 +27,8 @@ enum Command {
     Export(info::ExportArgs),
     /// Score a model on a labelled dataset split (precision, recall, mAP50, mAP50-95).
     Val(val::ValArgs),
+    /// Write a synthetic shapes dataset with exact labels (for training from scratch).
+    Synthetic(synthetic::SyntheticArgs),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
         Command::Val(a) => val::run(a),
+        Command::Synthetic(a) => synthetic::run(a),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");
