@@ -4,6 +4,7 @@
 mod args;
 mod info;
 mod predict;
+mod synthetic;
 mod train;
 mod val;
 
@@ -29,6 +30,8 @@ enum Command {
     Val(val::ValArgs),
     /// Learn weights on a labelled dataset (fine-tune a checkpoint or start from a config).
     Train(train::TrainCliArgs),
+    /// Write a synthetic shapes dataset with exact labels (for training from scratch).
+    Synthetic(synthetic::SyntheticArgs),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Export(a) => info::export(a),
         Command::Val(a) => val::run(a),
         Command::Train(a) => train::run(a),
+        Command::Synthetic(a) => synthetic::run(a),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

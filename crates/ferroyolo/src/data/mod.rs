@@ -5,6 +5,7 @@
 //! - [`letterbox`]: resize and pad for the network, matching `cv2.resize`, and CHW float layout.
 //! - [`dataset`]: YOLO-format datasets (dataset YAML, image lists, label files), checked.
 //! - [`npy`]: NumPy arrays, for the reference fixtures.
+//! - [`synthetic`]: generated shape datasets with exact labels, for learning from scratch.
 
 pub mod dataset;
 pub mod image_io;
@@ -12,3 +13,4 @@ pub mod jpeg;
 pub mod letterbox;
 pub mod npy;
 pub mod source;
+pub mod synthetic;
