@@ -15,7 +15,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 WORKER = r"""
 import json, sys, warnings
@@ -35,6 +38,15 @@ for nms in (True, False):
         b = r.boxes
         preds.append({"xyxy": b.xyxy.tolist(), "conf": b.conf.tolist(), "cls": b.cls.tolist()})
     out["nms" if nms else "e2e"] = preds
+# Raw head outputs for a fixed random input (scores of random models stay under any threshold).
+torch.manual_seed(0)
+x = torch.rand(1, 3, 640, 640)
+with torch.no_grad():
+    y = model.model.float().eval()(x)
+y = y[0] if isinstance(y, (list, tuple)) else y
+y = y["one2many"] if isinstance(y, dict) else y
+import numpy as np
+np.save(sys.argv[4], (y[0] if isinstance(y, (list, tuple)) else y).numpy())
 m = model.val(data=data, imgsz=640, batch=4, plots=False, verbose=False, workers=0)
 out["map50_95"] = float(m.box.map)
 print("RESULT" + json.dumps(out))
@@ -44,12 +56,16 @@ print("RESULT" + json.dumps(out))
 def run(path, images, data, safe):
     env = dict(os.environ)
     env["ULTRALYTICS_SAFE_LOAD"] = "1" if safe else "0"
-    p = subprocess.run([sys.executable, "-c", WORKER, str(path), json.dumps(images), data],
+    raw = tempfile.mktemp(suffix=".npy")
+    p = subprocess.run([sys.executable, "-c", WORKER, str(path), json.dumps(images), data, raw],
                        env=env, capture_output=True, text=True, cwd="/tmp")
     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT")]
     if p.returncode != 0 or not line:
         return {"error": (p.stderr or p.stdout)[-2000:]}
-    return json.loads(line[-1][len("RESULT"):])
+    out = json.loads(line[-1][len("RESULT"):])
+    out["raw"] = np.load(raw)
+    os.remove(raw)
+    return out
 
 
 def max_diff(a, b):
@@ -69,7 +85,6 @@ def main():
     out_dir, fixtures = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
     images = [str(fixtures / "images/bus.jpg")] + sorted(str(p) for p in (fixtures / "images-extra").iterdir())
     # The dataset yaml with an absolute root (Ultralytics resolves a relative one against the cwd).
-    import tempfile
     import yaml
     cfg = yaml.safe_load((fixtures / "coco8/data.yaml").read_text())
     cfg["path"] = str(fixtures / "coco8")
@@ -94,6 +109,7 @@ def main():
                 print(tag, f"info {got['info']} (same: {got['info'] == ref['info']}),",
                       f"nms diff {max_diff(got['nms'], ref['nms'])},",
                       f"e2e diff {max_diff(got['e2e'], ref['e2e'])},",
+                      f"raw output max|diff| {float(np.abs(got['raw'] - ref['raw']).max()):.3g}",
                       f"mAP50-95 {got['map50_95']:.4f}, optimizer {got['optimizer_type']}, keys {got['keys']}")
 
 

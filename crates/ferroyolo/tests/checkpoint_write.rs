@@ -100,6 +100,11 @@ fn resaved_fixtures_read_back_identically_in_both_layouts() {
     for model in ["yolo26n-coco", "yolo26n-rand-nc3", "yolo26s-rand"] {
         let src = Checkpoint::load_pt(dir.join(format!("weights/{model}.pt"))).unwrap();
         let w = ModelWeights::from_checkpoint(&src);
+        // The reference's own release file reads as a finished run without training state.
+        let reference = load_training_state(dir.join(format!("weights/{model}.pt"))).unwrap();
+        assert_eq!((reference.epoch, reference.updates, reference.best_fitness), (-1, None, None));
+        assert!(reference.ema.is_none() && reference.optimizer.is_none());
+        assert_eq!(reference.model.as_ref().unwrap().tensors, src.tensors);
 
         // Release layout, fp16: the fixtures are fp16, so values are unchanged.
         let release = tmp.0.join(format!("{model}-release.pt"));

@@ -286,7 +286,7 @@ pub fn model_value<'a>(w: &ModelWeights<'a>, float: DType) -> Result<PyValue<'a>
         // parse_model's `save`: every input other than the previous layer, `x % i`, sorted.
         for &x in &layer.from_raw {
             if x != -1 && i > 0 {
-                save.push((x.rem_euclid(i as i64)) as i64);
+                save.push(x.rem_euclid(i as i64));
             }
         }
     }
