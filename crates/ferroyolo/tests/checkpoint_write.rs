@@ -67,14 +67,19 @@ fn names(c: &Checkpoint) -> Vec<&str> {
     c.tensors.iter().map(|(n, _)| n.as_str()).collect()
 }
 
-/// The qualified names of every global in a `.pt` file's pickle.
-fn globals(path: &Path) -> BTreeSet<String> {
+/// A `.pt` file's unpickled `data.pkl`.
+fn data_pkl(path: &Path) -> pickle::Pickle {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
     let name = zip.file_names().map(|n| n.unwrap().into_owned()).find(|n| n.ends_with("/data.pkl")).unwrap();
     let mut data = Vec::new();
     zip.by_name(&name).unwrap().read_to_end(&mut data).unwrap();
-    let p = pickle::unpickle(&data).unwrap();
-    p.nodes()
+    pickle::unpickle(&data).unwrap()
+}
+
+/// The qualified names of every global in a `.pt` file's pickle.
+fn globals(path: &Path) -> BTreeSet<String> {
+    data_pkl(path)
+        .nodes()
         .filter_map(|n| match n {
             Node::Global(Global::Class(c)) => Some(c.clone()),
             Node::Global(Global::OrderedDict) => Some("collections.OrderedDict".into()),
@@ -95,6 +100,11 @@ fn resaved_fixtures_read_back_identically_in_both_layouts() {
     for model in ["yolo26n-coco", "yolo26n-rand-nc3", "yolo26s-rand"] {
         let src = Checkpoint::load_pt(dir.join(format!("weights/{model}.pt"))).unwrap();
         let w = ModelWeights::from_checkpoint(&src);
+        // The reference's own release file reads as a finished run without training state.
+        let reference = load_training_state(dir.join(format!("weights/{model}.pt"))).unwrap();
+        assert_eq!((reference.epoch, reference.updates, reference.best_fitness), (-1, None, None));
+        assert!(reference.ema.is_none() && reference.optimizer.is_none());
+        assert_eq!(reference.model.as_ref().unwrap().tensors, src.tensors);
 
         // Release layout, fp16: the fixtures are fp16, so values are unchanged.
         let release = tmp.0.join(format!("{model}-release.pt"));
@@ -149,10 +159,21 @@ fn resaved_fixtures_read_back_identically_in_both_layouts() {
         assert_eq!((state.epoch, state.updates), (3, Some(42)));
 
         if let Some(out) = std::env::var_os("FERROYOLO_PT_WRITE_OUT") {
-            // For tools/check_ultralytics_load.py: keep the files.
-            std::fs::create_dir_all(&out).unwrap();
-            std::fs::copy(&release, Path::new(&out).join(format!("{model}-release.pt"))).unwrap();
-            std::fs::copy(&training, Path::new(&out).join(format!("{model}-last.pt"))).unwrap();
+            // For tools/check_ultralytics_load.py: the release file, and a training file whose
+            // EMA is the fixture's weights in fp32, with a MuSGD optimizer state.
+            let out = Path::new(&out);
+            std::fs::create_dir_all(out).unwrap();
+            std::fs::copy(&release, out.join(format!("{model}-release.pt"))).unwrap();
+            let opt = trained_optimizer(&src, OptimizerKind::MuSgd);
+            let ckpt = TrainingCheckpoint {
+                model: Some(w),
+                ema: Some(w),
+                updates: Some(7),
+                optimizer: Some(opt.to_py().unwrap()),
+                train_metrics: Some(json!({"fitness": 0.5})),
+                ..TrainingCheckpoint::training(0, &src.train_args)
+            };
+            save_pt(out.join(format!("{model}-last.pt")), &ckpt).unwrap();
         }
     }
 }
@@ -183,6 +204,12 @@ fn release_files_use_exactly_the_reference_globals_and_container_layout() {
     .map(String::from)
     .collect();
     assert_eq!(globals(&path), expected);
+    // Module instances as in the reference's pickle: 454, of which 3 SiLU (one shared by every
+    // Conv, one in each deep-copied one2one branch).
+    let pkl = data_pkl(&path);
+    let classes: Vec<&str> = pkl.nodes().filter_map(|n| if let Node::Object(o) = n { Some(o.class.as_str()) } else { None }).collect();
+    assert_eq!(classes.len(), 454);
+    assert_eq!(classes.iter().filter(|c| c.ends_with(".SiLU")).count(), 3);
 
     // Container: stored entries under `best/`, in torch's order, data 64-byte aligned.
     let bytes = std::fs::read(&path).unwrap();

@@ -254,11 +254,7 @@ pub fn model_value<'a>(w: &ModelWeights<'a>, float: DType) -> Result<PyValue<'a>
             return Err(format!("duplicate tensor '{name}'"));
         }
     }
-    let silu = Arc::new(object("torch.nn.modules.activation", "SiLU", base_state(vec![], vec![], vec![]), vec![(
-        "inplace",
-        PyValue::Bool(false),
-    )]));
-    let mut tree = Tree { tensors, used: HashSet::new(), float, silu, params: 0 };
+    let mut tree = Tree { tensors, used: HashSet::new(), float, silu: Arc::new(silu()), params: 0 };
 
     let mut layers = Vec::with_capacity(plan.layers.len());
     let mut save = Vec::new();
@@ -290,7 +286,7 @@ pub fn model_value<'a>(w: &ModelWeights<'a>, float: DType) -> Result<PyValue<'a>
         // parse_model's `save`: every input other than the previous layer, `x % i`, sorted.
         for &x in &layer.from_raw {
             if x != -1 && i > 0 {
-                save.push((x.rem_euclid(i as i64)) as i64);
+                save.push(x.rem_euclid(i as i64));
             }
         }
     }
@@ -377,6 +373,11 @@ fn module<'a>(
 fn container<'a>(name: &'static str, items: Vec<PyValue<'a>>) -> PyValue<'a> {
     let children = items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect();
     module(CONTAINER_MOD, name, vec![], vec![], children, vec![])
+}
+
+/// An `nn.SiLU` instance (Ultralytics' `Conv.default_act`, shared by every Conv of a model).
+fn silu<'a>() -> PyValue<'a> {
+    module("torch.nn.modules.activation", "SiLU", vec![], vec![], vec![], vec![("inplace", PyValue::Bool(false))])
 }
 
 fn identity<'a>() -> PyValue<'a> {
@@ -651,7 +652,11 @@ impl<'a> Tree<'a> {
         let nc = self.shape(&format!("{p}.cv3.0.2.weight"))?[0];
         let mut children = Vec::new();
         let branches: &[&str] = if end2end { &["cv2", "cv3", "one2one_cv2", "one2one_cv3"] } else { &["cv2", "cv3"] };
+        let shared_silu = self.silu.clone();
         for (b, branch) in branches.iter().enumerate() {
+            // The one2one branches are deep copies of cv2/cv3: each copy has its own SiLU
+            // instance, shared within the branch.
+            self.silu = if branch.starts_with("one2one") { Arc::new(silu()) } else { shared_silu.clone() };
             let mut levels = Vec::with_capacity(nl);
             for l in 0..nl {
                 let q = format!("{p}.{branch}.{l}");
@@ -675,6 +680,7 @@ impl<'a> Tree<'a> {
                 children.push(("dfl".to_string(), identity()));
             }
         }
+        self.silu = shared_silu;
         let head_stride: Vec<f32> = stride.to_vec();
         let empty = |dtype| PyValue::Tensor(PyTensor::new(dtype, vec![0], TensorData::F32(Cow::Owned(Vec::new()))));
         let module = module("ultralytics.nn.modules.head", "Detect", vec![], vec![], children, vec![]);
