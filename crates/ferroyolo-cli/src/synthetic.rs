@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
+use crate::args::set_threads;
 use ferroyolo::data::synthetic::{generate, SyntheticFormat, SyntheticSpec};
 
 #[derive(Args, Debug)]
@@ -44,6 +45,9 @@ pub struct SyntheticArgs {
     /// JPEG quality (1-100).
     #[arg(long, default_value_t = 95)]
     quality: u8,
+    /// Threads (0 = all cores); the files do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 fn parse_pair<T: std::str::FromStr + Copy>(s: &str, what: &str) -> Result<(T, T), String> {
@@ -66,6 +70,7 @@ fn parse_size_range(s: &str) -> Result<(f32, f32), String> {
 }
 
 pub fn run(a: SyntheticArgs) -> Result<()> {
+    set_threads(a.threads)?;
     let spec = SyntheticSpec {
         train: a.train,
         val: a.val,

@@ -24,7 +24,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn writes_a_loadable_dataset_and_says_where() {
     let dir = temp_dir("write");
-    let out = ferroyolo(&["synthetic", "out=shapes", "train=10", "--val", "4", "imgsz=96", "seed=2", "classes=2", "objects=1,2", "format=png"], &dir);
+    let out = ferroyolo(&["synthetic", "out=shapes", "train=10", "--val", "4", "imgsz=96", "seed=2", "classes=2", "objects=1,2", "format=png", "threads=2"], &dir);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     let shown = Path::new("shapes").join("data.yaml").display().to_string();
@@ -40,10 +40,10 @@ fn writes_a_loadable_dataset_and_says_where() {
     assert!(train.images.iter().all(|im| im.shape == (96, 96) && (1..=2).contains(&im.boxes.len())));
     assert!(train.images[0].image.extension().unwrap() == "png");
 
-    // Same options again: the previous dataset is replaced by identical files.
+    // Same options again (other thread count): the previous dataset is replaced by identical files.
     let label = dir.join("shapes/labels/train/00003.txt");
     let before = std::fs::read(&label).unwrap();
-    let again = ferroyolo(&["synthetic", "out=shapes", "train=10", "val=4", "imgsz=96", "seed=2", "classes=2", "objects=1,2", "format=png"], &dir);
+    let again = ferroyolo(&["synthetic", "out=shapes", "train=10", "val=4", "imgsz=96", "seed=2", "classes=2", "objects=1,2", "format=png", "threads=1"], &dir);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(std::fs::read(&label).unwrap(), before);
     std::fs::remove_dir_all(&dir).unwrap();

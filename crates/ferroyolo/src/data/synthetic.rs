@@ -479,6 +479,8 @@ pub fn file_stem(index: usize, count: usize) -> String {
 /// is an interrupted run; such a folder can be regenerated.
 pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
     spec.validate()?;
+    let root = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let root_text = root.to_str().ok_or_else(|| anyhow!("dataset folder {} is not valid UTF-8, which a YAML file cannot name", root.display()))?;
     prepare_dir(dir)?;
     std::fs::write(dir.join(MARKER_FILE), format!("ferroyolo synthetic dataset: {spec}\n"))
         .with_context(|| format!("writing {}", dir.join(MARKER_FILE).display()))?;
@@ -501,8 +503,6 @@ pub fn generate(dir: &Path, spec: &SyntheticSpec) -> Result<PathBuf> {
             Ok(())
         })?;
     }
-    let root = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let root_text = root.to_str().ok_or_else(|| anyhow!("dataset folder {} is not valid UTF-8, which a YAML file cannot name", root.display()))?;
     let mut yaml = format!("# Synthetic shapes dataset written by ferroyolo: {spec}\n");
     // Absolute, as the reference resolves a relative `path` against its own datasets folder.
     yaml += &format!("path: {}\ntrain: images/train\nval: images/val\nnames:\n", yaml_string(root_text));
@@ -761,6 +761,7 @@ mod tests {
         assert_eq!(yaml, dir.join("data.yaml"));
         let cfg = DatasetConfig::load(&yaml).unwrap();
         assert_eq!(cfg.names, ["circle", "square", "triangle"]);
+        assert_eq!(cfg.root, std::path::absolute(&dir).unwrap());
         for split in SyntheticSplit::ALL {
             let s = scan_split(&cfg, split.name()).unwrap();
             assert_eq!((s.images.len(), s.issues.len(), s.missing_labels, s.empty_labels, s.duplicates), (spec.count(split), 0, 0, 0, 0), "{}", split.name());
