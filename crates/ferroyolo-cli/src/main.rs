@@ -29,7 +29,7 @@ enum Command {
     /// Score a model on a labelled dataset split (precision, recall, mAP50, mAP50-95).
     Val(val::ValArgs),
     /// Learn weights on a labelled dataset (fine-tune a checkpoint or start from a config).
-    Train(train::TrainCliArgs),
+    Train(Box<train::TrainCliArgs>),
     /// Write a synthetic shapes dataset with exact labels (for training from scratch).
     Synthetic(synthetic::SyntheticArgs),
 }
@@ -41,7 +41,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
         Command::Val(a) => val::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Synthetic(a) => synthetic::run(a),
     };
     if let Err(e) = result {

@@ -43,6 +43,13 @@ pub struct TrainCliArgs {
     #[arg(long, value_parser = parse_bool)]
     cos_lr: Option<bool>,
     #[arg(long)]
+    warmup_momentum: Option<f32>,
+    #[arg(long)]
+    warmup_bias_lr: Option<f32>,
+    /// Nominal batch size: gradients accumulate to about this many images per step.
+    #[arg(long)]
+    nbs: Option<usize>,
+    #[arg(long)]
     close_mosaic: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
@@ -76,6 +83,20 @@ pub struct TrainCliArgs {
     #[arg(long)]
     degrees: Option<f32>,
     #[arg(long)]
+    shear: Option<f32>,
+    #[arg(long)]
+    perspective: Option<f32>,
+    /// Loss gains.
+    #[arg(long = "box")]
+    box_gain: Option<f32>,
+    #[arg(long = "cls")]
+    cls_gain: Option<f32>,
+    #[arg(long = "dfl")]
+    dfl_gain: Option<f32>,
+    /// Progress bars and per-epoch tables.
+    #[arg(long, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true")]
+    verbose: Option<bool>,
+    #[arg(long)]
     hsv_h: Option<f32>,
     #[arg(long)]
     hsv_s: Option<f32>,
@@ -106,7 +127,7 @@ pub fn run(a: TrainCliArgs) -> Result<()> {
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { t.$f = v; } )* };
     }
-    set!(model, epochs, batch, imgsz, patience, optimizer, lr0, lrf, momentum, weight_decay, warmup_epochs, cos_lr, close_mosaic, seed, workers, project, name, exist_ok, val, plots, mosaic, fliplr, flipud, scale, translate, degrees, hsv_h, hsv_s, hsv_v, nms);
+    set!(model, epochs, batch, imgsz, patience, optimizer, lr0, lrf, momentum, weight_decay, warmup_epochs, warmup_momentum, warmup_bias_lr, nbs, cos_lr, close_mosaic, seed, workers, project, name, exist_ok, val, plots, mosaic, fliplr, flipud, scale, translate, degrees, shear, perspective, box_gain, cls_gain, dfl_gain, hsv_h, hsv_s, hsv_v, nms, verbose);
     if let Some(f) = a.freeze.clone() {
         t.freeze = f;
     }
