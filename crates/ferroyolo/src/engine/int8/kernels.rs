@@ -243,12 +243,12 @@ mod x86 {
     }
 }
 
-/// Depthwise: `acc[x] = Σ_t w[t] · src[taps[t] + x]` for `x < acc.len()` (one output row of one
+/// Depthwise: `acc[x] = Σ_t w[t] · src[taps[t] + x]` for `x < acc.len()` (one output grid of one
 /// channel, from its u8 phase layout). Plain loops, vectorised by the compiler per instruction set
 /// (products fit 16 bits, so LLVM uses `vpmaddwd`); the integers are the same on every path.
-pub(crate) fn depthwise_row(kernel: Int8Kernel, src: &[u8], taps: &[usize], w: &[i8], acc: &mut [i32]) {
+pub(crate) fn depthwise_sums(kernel: Int8Kernel, src: &[u8], taps: &[usize], w: &[i8], acc: &mut [i32]) {
     let reach = taps.iter().max().map_or(0, |&t| t) + acc.len();
-    assert!(reach <= src.len(), "depthwise_row: input run out of bounds");
+    assert!(reach <= src.len(), "depthwise_sums: input run out of bounds");
     #[inline(always)]
     fn generic(src: &[u8], taps: &[usize], w: &[i8], acc: &mut [i32]) {
         acc.fill(0);

@@ -47,6 +47,7 @@ mod tests;
 
 use anyhow::{ensure, Result};
 
+use super::buffers;
 use super::simd::{self, Isa};
 use super::tensor::Tensor;
 use super::threads::parallel_for;
@@ -147,18 +148,21 @@ impl QParams {
 /// even (branch-free, so loops over it vectorise).
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `clamp(round_half_even(v · inv_scale) + zp, 0, 255)`; NaN gives 0.
+/// `clamp(round_half_even(v · inv_scale) + zp, 0, 255)`; NaN gives 0. Only float adds, multiplies and
+/// compares and one bit cast, so loops over it vectorise (a float-to-int `as` cast would not).
 #[inline(always)]
 pub(crate) fn requantize(v: f32, inv_scale: f32, zp: f32) -> u32 {
     let r = v * inv_scale;
     // Bounded first so the rounding trick is exact; ±512 saturates either way. (Selects, not clamp,
-    // which vectorises worse; NaN falls through to the final cast.)
+    // which vectorises worse.)
     let r = if r < -512.0 { -512.0 } else { r };
     let r = if r > 512.0 { 512.0 } else { r };
     let q = (r + ROUND_MAGIC) - ROUND_MAGIC + zp;
-    let q = if q < 0.0 { 0.0 } else { q };
+    // Written so that NaN (every comparison false) becomes 0.
+    let q = if q >= 0.0 { q } else { 0.0 };
     let q = if q > 255.0 { 255.0 } else { q };
-    q as u32
+    // q is an integer in [0, 255]: adding the magic number puts it in the low mantissa bits.
+    (q + ROUND_MAGIC).to_bits().wrapping_sub(ROUND_MAGIC.to_bits())
 }
 
 /// A quantized `u8` activation tensor (per-tensor [`QParams`]) in the channel-quad layout described in
@@ -256,11 +260,32 @@ impl QTensor {
     }
 }
 
+impl Drop for QTensor {
+    fn drop(&mut self) {
+        buffers::give(u32_to_f32_vec(std::mem::take(&mut self.data)));
+    }
+}
+
+/// `len` zero quads on a recycled engine buffer (see `buffers.rs`: fresh pages for every layer's
+/// output cost page faults and clearing).
+pub(crate) fn quad_buffer(len: usize) -> Vec<u32> {
+    let mut v = std::mem::ManuallyDrop::new(buffers::zeros(len));
+    // SAFETY: u32 and f32 have the same size and alignment, and 0.0f32 is the all-zero bit pattern; the
+    // allocation is handed over whole (pointer, length, capacity).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), v.len(), v.capacity()) }
+}
+
+fn u32_to_f32_vec(v: Vec<u32>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: as in `quad_buffer`, the other way round (every bit pattern is some f32).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
 /// Quantizes an f32 NCHW tensor (round half to even, saturating; see [`QParams::quantize`]).
 pub fn quantize_tensor(x: &Tensor, params: QParams) -> QTensor {
     let [n, c, h, w] = x.shape();
     let (plane, groups) = (h * w, c.div_ceil(4));
-    let mut data = vec![0u32; n * groups * plane];
+    let mut data = quad_buffer(n * groups * plane);
     let (inv, zp) = (1.0 / params.scale, params.zero_point as f32);
     let out = conv::SyncPtr(data.as_mut_ptr());
     let work = |gi: usize| {
@@ -295,7 +320,7 @@ pub fn dequantize(q: &QTensor) -> Tensor {
     let [n, c, h, w] = q.shape;
     let plane = h * w;
     let (scale, zp) = (q.params.scale, q.params.zero_point as i32);
-    let mut out = vec![0.0f32; n * c * plane];
+    let mut out = buffers::zeros(n * c * plane);
     let dst = conv::SyncPtr(out.as_mut_ptr());
     let work = |i: usize| {
         let (img, ch) = (i / c, i % c);

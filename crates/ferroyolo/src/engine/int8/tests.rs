@@ -358,3 +358,27 @@ fn detected_kernel_is_supported() {
         assert_eq!(k, Int8Kernel::Avx512Vnni);
     }
 }
+
+/// The epilogue's division-free SiLU is accurate (bias = x, accumulator 0).
+#[test]
+fn epilogue_silu_is_accurate() {
+    let mut x = -100.0f32;
+    let mut worst = 0.0f64;
+    while x < 100.0 {
+        let got = epilogue_value(0, 1.0, x, true) as f64;
+        let xd = x as f64;
+        let want = xd / (1.0 + (-xd).exp());
+        let err = (got - want).abs();
+        assert!(err <= 1e-6 * want.abs() + 1e-20, "silu({x}) = {got}, want {want}");
+        if want.abs() > 1e-3 {
+            worst = worst.max(err / want.abs());
+        }
+        x += 0.0137;
+    }
+    for x in [f32::MAX, 1e30, -1e30, f32::MIN] {
+        let got = epilogue_value(0, 1.0, x, true);
+        let ok = if x > 0.0 { ((got - x) / x).abs() < 1e-6 } else { got.abs() < 1e-20 };
+        assert!(got.is_finite() && ok, "silu({x}) = {got}");
+    }
+    assert!(worst < 1e-6, "{worst}");
+}
