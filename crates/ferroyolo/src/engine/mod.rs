@@ -19,6 +19,7 @@ mod buffers;
 mod conv;
 mod elementwise;
 mod igemm;
+pub mod int8;
 mod pool;
 mod profile;
 mod simd;

@@ -1,0 +1,778 @@
+//! [`QConv2d`]: the quantized convolution layer and its drivers (dense implicit GEMM over channel
+//! quads, depthwise), with the fused dequantize / bias / SiLU / requantize epilogue.
+
+use std::cell::RefCell;
+
+use anyhow::{bail, ensure, Result};
+
+use super::kernels::{self, TileArgs, KC4, MR, NC};
+use super::{requantize, Int8Kernel, QParams, QTensor};
+use crate::engine::Conv2d;
+use crate::engine::tensor::Tensor;
+use crate::engine::threads::{num_threads, parallel_for};
+use crate::engine::Activation;
+
+/// A raw pointer that parallel items share, each writing its own disjoint part.
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+// SAFETY: every user hands each item a disjoint region to write (see the call sites).
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    /// By method, so closures capture the wrapper and not (by disjoint capture) the raw field.
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Largest `in_channels/groups · k²` whose accumulators cannot overflow (`255 · 128 · K < 2³¹`).
+const MAX_K: usize = (i32::MAX as usize) / (255 * 128);
+
+/// A quantized 2-D convolution: `i8` weights with one scale per output channel, an `f32` bias, PyTorch
+/// semantics (cross-correlation, zero padding, dilation 1). Dense (`groups == 1`) or depthwise
+/// (`groups == in == out`).
+#[derive(Clone, Debug)]
+pub struct QConv2d {
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    depthwise: bool,
+    /// `[out, in/groups, k, k]`, as PyTorch stores it.
+    weight: Vec<i8>,
+    weight_scale: Vec<f32>,
+    bias: Vec<f32>,
+    /// `Σ weight` per output channel (the zero-point correction is `zp · weight_sum[oc]`).
+    weight_sum: Vec<i32>,
+    /// Dense only: weights as panels of [`MR`] rows, `packed[(p·k4 + kk)·MR + r]` = the quad of row
+    /// `p·MR + r` for k-step `kk = quad·k² + tap` (zero past the real rows and channels).
+    packed: Vec<i32>,
+    /// The same as 16-bit pairs for the AVX2 kernel (see [`TileArgs::pairs`]).
+    pairs: Vec<i32>,
+}
+
+/// What the epilogue writes.
+#[derive(Clone, Copy)]
+pub(crate) enum Sink {
+    /// f32 NCHW.
+    F32(SyncPtr<f32>),
+    /// u8 quads (`[n][⌈c/4⌉][h][w]`).
+    U8 { out: SyncPtr<u32>, inv_scale: f32, zero_point: f32 },
+    /// Raw zero-point-corrected accumulators, NCHW (tests).
+    I32(SyncPtr<i32>),
+}
+
+/// What a forward pass produced (by [`Sink`] kind).
+// (I32 is only asked for by the tests.)
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Output {
+    F32(Tensor),
+    U8(QTensor),
+    I32(Vec<i32>),
+}
+
+/// Which [`Output`] to produce.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum OutKind {
+    F32,
+    U8(QParams),
+    I32,
+}
+
+/// Output and phase-layout sizes (as in the f32 convolution).
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    hq: usize,
+    wq: usize,
+}
+
+/// Per-forward constants of the epilogue, one per (padded) output channel.
+struct Epilogue<'a> {
+    corr: &'a [i32],
+    mult: &'a [f32],
+    bias: &'a [f32],
+    silu: bool,
+    sink: Sink,
+    out_channels: usize,
+    /// Output pixels per plane.
+    plane: usize,
+}
+
+impl QConv2d {
+    /// Quantizes an f32 convolution's weights: per output channel, `scale = max|w| / 127` (1 for an
+    /// all-zero channel) and `q = round_half_even(w / scale)`.
+    ///
+    /// # Errors
+    /// If the convolution is grouped but not depthwise, or too large for 32-bit accumulators.
+    pub fn quantize(conv: &Conv2d) -> Result<QConv2d> {
+        let per_out = conv.weight().len() / conv.out_channels();
+        let mut weight = Vec::with_capacity(conv.weight().len());
+        let mut scales = Vec::with_capacity(conv.out_channels());
+        for row in conv.weight().chunks(per_out) {
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            weight.extend(row.iter().map(|&v| (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8));
+        }
+        QConv2d::from_quantized(
+            conv.in_channels(),
+            conv.out_channels(),
+            conv.kernel(),
+            conv.stride(),
+            conv.padding(),
+            conv.groups(),
+            weight,
+            scales,
+            conv.bias().to_vec(),
+        )
+    }
+
+    /// A convolution from already-quantized weights (`[out, in/groups, k, k]`, real weight
+    /// `weight_scale[oc] · q`), for quantizers that choose their own weight rounding.
+    ///
+    /// # Errors
+    /// If a size is zero, the lengths do not match, a scale is not positive and finite, the
+    /// convolution is grouped but not depthwise, or `in/groups · k²` exceeds 66 000 (the accumulators
+    /// could overflow).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_quantized(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        weight: Vec<i8>,
+        weight_scale: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<QConv2d> {
+        ensure!(
+            in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0,
+            "QConv2d: channels, kernel and stride must be positive (in {in_channels}, out {out_channels}, k {kernel}, s {stride})"
+        );
+        let depthwise = match groups {
+            1 => false,
+            g if g == in_channels && g == out_channels => true,
+            g => bail!("QConv2d: groups {g} with {in_channels} -> {out_channels} channels: only dense (1) and depthwise convolutions are supported"),
+        };
+        let cin_g = if depthwise { 1 } else { in_channels };
+        let k_len = cin_g * kernel * kernel;
+        ensure!(k_len <= MAX_K, "QConv2d: {k_len} multiply-adds per output exceed the int32 accumulator's safe {MAX_K}");
+        ensure!(
+            weight.len() == out_channels * k_len,
+            "QConv2d: weight has {} values, [{out_channels}, {cin_g}, {kernel}, {kernel}] needs {}",
+            weight.len(),
+            out_channels * k_len
+        );
+        ensure!(weight_scale.len() == out_channels, "QConv2d: {} weight scales for {out_channels} channels", weight_scale.len());
+        ensure!(
+            weight_scale.iter().all(|s| s.is_finite() && *s > 0.0),
+            "QConv2d: weight scales must be positive and finite"
+        );
+        ensure!(bias.len() == out_channels, "QConv2d: bias has {} values, {out_channels} expected", bias.len());
+        let weight_sum = weight.chunks(k_len).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+        let mut conv = QConv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            depthwise,
+            weight,
+            weight_scale,
+            bias,
+            weight_sum,
+            packed: Vec::new(),
+            pairs: Vec::new(),
+        };
+        if !depthwise {
+            conv.pack();
+        }
+        Ok(conv)
+    }
+
+    /// Builds `packed` and `pairs` (dense only).
+    fn pack(&mut self) {
+        let taps = self.kernel * self.kernel;
+        let quads = self.in_channels.div_ceil(4);
+        let k4 = quads * taps;
+        let panels = self.out_channels.div_ceil(MR);
+        self.packed = vec![0; panels * k4 * MR];
+        self.pairs = vec![0; panels * k4 * MR * 2];
+        for oc in 0..self.out_channels {
+            let (p, r) = (oc / MR, oc % MR);
+            for g in 0..quads {
+                for t in 0..taps {
+                    let kk = g * taps + t;
+                    let mut b = [0i8; 4];
+                    for (j, b) in b.iter_mut().enumerate() {
+                        let ci = 4 * g + j;
+                        if ci < self.in_channels {
+                            *b = self.weight[(oc * self.in_channels + ci) * taps + t];
+                        }
+                    }
+                    let at = (p * k4 + kk) * MR + r;
+                    self.packed[at] = i32::from_le_bytes(b.map(|v| v as u8));
+                    let pair = |lo: i8, hi: i8| (lo as i16 as u16 as u32 | (hi as i16 as u16 as u32) << 16) as i32;
+                    self.pairs[2 * at] = pair(b[0], b[2]);
+                    self.pairs[2 * at + 1] = pair(b[1], b[3]);
+                }
+            }
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+    /// Kernel size (square).
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+    /// Stride (both axes).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    /// Zero padding (both axes, both sides).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+    /// Channel groups (1, or the channel count for a depthwise convolution).
+    pub fn groups(&self) -> usize {
+        if self.depthwise {
+            self.in_channels
+        } else {
+            1
+        }
+    }
+    /// Quantized weights, `[out, in/groups, k, k]`.
+    pub fn weight(&self) -> &[i8] {
+        &self.weight
+    }
+    /// One weight scale per output channel.
+    pub fn weight_scale(&self) -> &[f32] {
+        &self.weight_scale
+    }
+    /// Bias (f32), one per output channel.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// Output `(height, width)` for an input of `h × w`.
+    ///
+    /// # Panics
+    /// If the padded input is smaller than the kernel.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        assert!(h + 2 * p >= k && w + 2 * p >= k, "QConv2d: input {h}x{w} (padding {p}) smaller than kernel {k}");
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    /// Convolves `x`, adds the bias, applies `act` and returns f32 NCHW.
+    ///
+    /// # Panics
+    /// If `x` does not have `in_channels` channels or is smaller than the kernel after padding.
+    pub fn forward(&self, x: &QTensor, act: Activation) -> Tensor {
+        self.forward_with(x, act, Int8Kernel::detected())
+    }
+
+    /// [`forward`](Self::forward) on an explicit kernel (benchmarks).
+    ///
+    /// # Panics
+    /// As `forward`, and if this CPU does not support `kernel`.
+    pub fn forward_with(&self, x: &QTensor, act: Activation, kernel: Int8Kernel) -> Tensor {
+        match self.run(x, act, OutKind::F32, kernel) {
+            Output::F32(t) => t,
+            _ => unreachable!("f32 output asked for"),
+        }
+    }
+
+    /// Convolves `x`, adds the bias, applies `act` and requantizes to `out` (for the next int8 layer).
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_quantized(&self, x: &QTensor, act: Activation, out: QParams) -> QTensor {
+        self.forward_quantized_with(x, act, out, Int8Kernel::detected())
+    }
+
+    /// [`forward_quantized`](Self::forward_quantized) on an explicit kernel.
+    ///
+    /// # Panics
+    /// As `forward_with`.
+    pub fn forward_quantized_with(&self, x: &QTensor, act: Activation, out: QParams, kernel: Int8Kernel) -> QTensor {
+        match self.run(x, act, OutKind::U8(out), kernel) {
+            Output::U8(t) => t,
+            _ => unreachable!("u8 output asked for"),
+        }
+    }
+
+    /// The zero-point-corrected accumulators `Σ w_q · (x_q - zp)`, NCHW (tests).
+    #[cfg(test)]
+    pub(crate) fn accumulators(&self, x: &QTensor, kernel: Int8Kernel) -> Vec<i32> {
+        match self.run(x, Activation::Identity, OutKind::I32, kernel) {
+            Output::I32(v) => v,
+            _ => unreachable!("i32 output asked for"),
+        }
+    }
+
+    fn geometry(&self, h: usize, w: usize) -> Geometry {
+        let (ho, wo) = self.output_size(h, w);
+        let extra = (self.kernel - 1) / self.stride;
+        Geometry { h, w, ho, wo, hq: ho + extra, wq: wo + extra }
+    }
+
+    /// Offset of each tap `(ky, kx)` into one channel's phase layout (as in the f32 convolution).
+    fn tap_offsets(&self, geo: Geometry) -> Vec<usize> {
+        let (k, s) = (self.kernel, self.stride);
+        let phase = geo.hq * geo.wq;
+        (0..k * k).map(|t| (t / k % s * s + t % k % s) * phase + (t / k / s) * geo.wq + t % k / s).collect()
+    }
+
+    pub(crate) fn run(&self, x: &QTensor, act: Activation, kind: OutKind, kernel: Int8Kernel) -> Output {
+        assert!(kernel.is_supported(), "QConv2d: this CPU does not support the {kernel:?} kernel");
+        let [n, c, h, w] = x.shape();
+        assert_eq!(c, self.in_channels, "QConv2d::forward: input has {c} channels, the layer expects {}", self.in_channels);
+        let geo = self.geometry(h, w);
+        let plane = geo.ho * geo.wo;
+        let rows = self.out_channels.div_ceil(MR) * MR;
+        let zp = x.params().zero_point as i32;
+        let mut corr: Vec<i32> = self.weight_sum.iter().map(|&s| zp * s).collect();
+        let mut mult: Vec<f32> = self.weight_scale.iter().map(|&s| x.params().scale * s).collect();
+        let mut bias = self.bias.clone();
+        corr.resize(rows, 0);
+        mult.resize(rows, 0.0);
+        bias.resize(rows, 0.0);
+        let mut f32_out = Vec::new();
+        let mut u8_out = Vec::new();
+        let mut i32_out = Vec::new();
+        let sink = match kind {
+            OutKind::F32 => {
+                // Not zeroed: the epilogue writes every output (length set below).
+                f32_out = crate::engine::buffers::take(n * self.out_channels * plane);
+                Sink::F32(SyncPtr(f32_out.as_mut_ptr()))
+            }
+            OutKind::U8(p) => {
+                u8_out = super::quad_buffer(n * self.out_channels.div_ceil(4) * plane);
+                Sink::U8 { out: SyncPtr(u8_out.as_mut_ptr()), inv_scale: 1.0 / p.scale, zero_point: p.zero_point as f32 }
+            }
+            OutKind::I32 => {
+                i32_out = vec![0i32; n * self.out_channels * plane];
+                Sink::I32(SyncPtr(i32_out.as_mut_ptr()))
+            }
+        };
+        for img in 0..n {
+            let epi = Epilogue {
+                corr: &corr,
+                mult: &mult,
+                bias: &bias,
+                silu: act == Activation::Silu,
+                sink: offset_sink(sink, img, self.out_channels, plane),
+                out_channels: self.out_channels,
+                plane,
+            };
+            if self.depthwise {
+                self.forward_depthwise(x, img, geo, &epi, kernel);
+            } else {
+                self.forward_dense(x, img, geo, &epi, kernel);
+            }
+        }
+        let shape = [n, self.out_channels, geo.ho, geo.wo];
+        if let OutKind::F32 = kind {
+            // SAFETY: the capacity is n·out_channels·plane, and the epilogue wrote every one of them
+            // (each output channel's valid pixels of every image, dense or depthwise).
+            unsafe { f32_out.set_len(n * self.out_channels * plane) };
+        }
+        match kind {
+            OutKind::F32 => Output::F32(Tensor::new(shape, f32_out)),
+            OutKind::U8(p) => Output::U8(QTensor { shape, params: p, data: u8_out }),
+            OutKind::I32 => Output::I32(i32_out),
+        }
+    }
+
+    /// Dense convolution of image `img`: phase layout of the channel quads, then tiles of `MR` output
+    /// channels × `NC` positions of the `Wq`-wide output grid, each through [`kernels::run_tile`] and the
+    /// epilogue (which drops the `Wq - Wo` excess columns of each row).
+    fn forward_dense(&self, x: &QTensor, img: usize, geo: Geometry, epi: &Epilogue, kernel: Int8Kernel) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let quads = x.quad_channels();
+        let taps = self.tap_offsets(geo);
+        let k4 = quads * taps.len();
+        let direct = k == 1 && s == 1 && p == 0;
+        let per_quad = s * s * geo.hq * geo.wq;
+        let nq = (geo.ho - 1) * geo.wq + geo.wo;
+        let pad = x.params().zero_point as u32 * 0x0101_0101;
+        let panels = self.out_channels.div_ceil(MR);
+        with_scratch(&SCRATCH_U32, if direct { 0 } else { quads * per_quad }, |phases| {
+            let chans: Vec<&[u32]> = if direct {
+                (0..quads).map(|g| x.quad_plane(img, g)).collect()
+            } else {
+                let planes: Vec<&[u32]> = (0..quads).map(|g| x.quad_plane(img, g)).collect();
+                build_phases(&planes, geo, s, p, pad, phases);
+                phases.chunks(per_quad).collect()
+            };
+            let reach = taps.iter().max().map_or(0, |&t| t) + nq;
+            assert!(chans.iter().all(|c| c.len() >= reach), "QConv2d: phase layout too small");
+            let b_rows: Vec<SyncPtr<u32>> =
+                chans.iter().flat_map(|c| taps.iter().map(move |&t| SyncPtr(c[t..].as_ptr().cast_mut()))).collect();
+            let tiles = nq.div_ceil(NC);
+            let threads = num_threads();
+            // As in the f32 kernel: several items per thread to balance, and when there are few column
+            // tiles (small maps) the output channels are split too.
+            let target = if threads == 1 { 1 } else { threads * 8 };
+            let (t_chunks, m_chunks) = if tiles >= target { (target, 1) } else { (tiles, target.div_ceil(tiles).min(panels)) };
+            let work = |item: usize| {
+                let (ti, mi) = (item / m_chunks, item % m_chunks);
+                let (t0, t1) = (ti * tiles / t_chunks, (ti + 1) * tiles / t_chunks);
+                let (p0, p1) = (mi * panels / m_chunks, (mi + 1) * panels / m_chunks);
+                with_scratch(&SCRATCH_I32, (p1 - p0) * MR * NC, |tile| {
+                    for t in t0..t1 {
+                        let n0 = t * NC;
+                        let len = NC.min(nq - n0);
+                        let mut kb = 0;
+                        while kb < k4 {
+                            let kc = KC4.min(k4 - kb);
+                            for pnl in p0..p1 {
+                                let args = TileArgs {
+                                    k4: kc,
+                                    a: self.packed[(pnl * k4 + kb) * MR..].as_ptr(),
+                                    pairs: self.pairs[(pnl * k4 + kb) * MR * 2..].as_ptr(),
+                                    b_rows: b_rows[kb..].as_ptr().cast(),
+                                    b_x: n0,
+                                    acc: tile[(pnl - p0) * MR * NC..].as_mut_ptr(),
+                                    len,
+                                    init: kb == 0,
+                                };
+                                // SAFETY: the kernel is supported (asserted in `run`); the panel holds
+                                // k4·MR quads (pairs) from (pnl·k4 + kb)·MR on; every B row is
+                                // `chan + tap` and the grid reads below `reach` (asserted); the tile
+                                // slice holds MR·NC accumulators for this panel.
+                                unsafe { kernels::run_tile(kernel, &args) };
+                            }
+                            kb += kc;
+                        }
+                        epilogue(kernel, epi, tile, p0..p1, n0, len, geo);
+                    }
+                });
+            };
+            if t_chunks * m_chunks > 1 {
+                parallel_for(t_chunks * m_chunks, &work);
+            } else {
+                work(0);
+            }
+        });
+    }
+
+    /// Depthwise convolution of image `img`: one item per channel quad (so no two items write the
+    /// same output quad); each de-interleaves its channels into byte phase planes and sums the k²
+    /// shifted rows in `i32`.
+    fn forward_depthwise(&self, x: &QTensor, img: usize, geo: Geometry, epi: &Epilogue, kernel: Int8Kernel) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let taps = self.tap_offsets(geo);
+        let per_channel = s * s * geo.hq * geo.wq;
+        let zp = x.params().zero_point;
+        let quads = x.quad_channels();
+        // Each channel's sums cover its whole Wq-wide output grid at once (long runs vectorise better
+        // than 20- or 80-wide rows); the epilogue then takes the Wo valid columns of each row.
+        let nq = (geo.ho - 1) * geo.wq + geo.wo;
+        let reach = taps.iter().max().map_or(0, |&t| t) + nq;
+        assert!(reach <= per_channel, "QConv2d: depthwise phase layout too small");
+        let work_rows = |g: usize| {
+            let channels = (self.in_channels - 4 * g).min(4);
+            with_scratch(&SCRATCH_U8, per_channel, |phases| {
+                with_scratch(&SCRATCH_I32, channels * nq, |acc| {
+                    let src = x.quad_plane(img, g);
+                    for (j, acc) in acc.chunks_mut(nq).enumerate() {
+                        let ch = 4 * g + j;
+                        build_phases_byte(src, j, geo, s, p, zp, phases);
+                        kernels::depthwise_sums(kernel, phases, &taps, &self.weight[ch * k * k..(ch + 1) * k * k], acc);
+                    }
+                    for y in 0..geo.ho {
+                        segment(kernel, epi, &acc[y * geo.wq..], nq, geo.wo, 4 * g, channels, y * geo.wo);
+                    }
+                });
+            });
+        };
+        if quads > 1 && self.in_channels * geo.ho * geo.wo >= 1 << 14 {
+            parallel_for(quads, &work_rows);
+        } else {
+            (0..quads).for_each(work_rows);
+        }
+    }
+}
+
+/// The sink moved to image `img`'s outputs.
+fn offset_sink(sink: Sink, img: usize, out_channels: usize, plane: usize) -> Sink {
+    // SAFETY (pointer arithmetic): image img's outputs lie inside each buffer (sized for all images).
+    unsafe {
+        match sink {
+            Sink::F32(p) => Sink::F32(SyncPtr(p.get().add(img * out_channels * plane))),
+            Sink::U8 { out, inv_scale, zero_point } => {
+                Sink::U8 { out: SyncPtr(out.get().add(img * out_channels.div_ceil(4) * plane)), inv_scale, zero_point }
+            }
+            Sink::I32(p) => Sink::I32(SyncPtr(p.get().add(img * out_channels * plane))),
+        }
+    }
+}
+
+/// Epilogue of one dense tile: rows `p0·MR .. p1·MR` of `tile` (`NC` wide), grid positions
+/// `n0 .. n0 + len` (row `y = n / Wq`, column `x = n % Wq`, kept when `x < Wo`).
+fn epilogue(
+    kernel: Int8Kernel,
+    epi: &Epilogue,
+    tile: &[i32],
+    panels: std::ops::Range<usize>,
+    n0: usize,
+    len: usize,
+    geo: Geometry,
+) {
+    let mut j = 0;
+    while j < len {
+        let (y, x) = ((n0 + j) / geo.wq, (n0 + j) % geo.wq);
+        let run = (geo.wq - x).min(len - j);
+        if x < geo.wo {
+            let l = run.min(geo.wo - x);
+            for (pi, pnl) in panels.clone().enumerate() {
+                for half in 0..MR / 4 {
+                    let oc0 = pnl * MR + half * 4;
+                    if oc0 >= epi.out_channels {
+                        break;
+                    }
+                    let rows = &tile[(pi * MR + half * 4) * NC + j..];
+                    let channels = (epi.out_channels - oc0).min(4);
+                    segment(kernel, epi, rows, NC, l, oc0, channels, y * geo.wo + x);
+                }
+            }
+        }
+        j += run;
+    }
+}
+
+/// Epilogue of one run of `len` output pixels for up to 4 channels of one quad: `acc[j·stride + i]`
+/// is channel `oc0 + j`, pixel `pixel + i`.
+#[allow(clippy::too_many_arguments)]
+fn segment(kernel: Int8Kernel, epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512(epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
+            segment_generic(epi, acc, stride, len, oc0, channels, pixel)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2(epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
+            segment_generic(epi, acc, stride, len, oc0, channels, pixel)
+        }
+        match kernel {
+            // SAFETY: the tier is one this CPU supports (asserted in `run`, and every tier above
+            // Portable implies FMA). The code inside is the same plain Rust on every tier, with
+            // explicit `mul_add` (exactly rounded, in hardware or libm) and no implicit contraction,
+            // so the values are bit-identical.
+            Int8Kernel::Avx512Vnni => return unsafe { avx512(epi, acc, stride, len, oc0, channels, pixel) },
+            Int8Kernel::AvxVnni | Int8Kernel::Avx2 => return unsafe { avx2(epi, acc, stride, len, oc0, channels, pixel) },
+            Int8Kernel::Portable => {}
+        }
+    }
+    let _ = kernel;
+    segment_generic(epi, acc, stride, len, oc0, channels, pixel)
+}
+
+/// SiLU for the epilogue, `x / (1 + e^-x)`, in about 25 vector operations and no division
+/// (`vdivps` alone, one vector per ~10 cycles, cost more than the int8 kernel): e^-x by Cody–Waite
+/// range reduction and a degree-5 polynomial, 1/d by three Newton steps from a bit-level first guess.
+/// Relative error ~3e-7. Every step is an add, a multiply, an explicit fused multiply-add
+/// (`mul_add`, exactly rounded on every target) or a bit cast, so every instruction set computes the
+/// same bits: the requantized outputs must not depend on the path.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Below -60, x·sigmoid(x) is within 1e-24 of zero either way (and 1/d's guess stays normal).
+    let x = if x < -60.0 { -60.0 } else { x };
+    // z = -x, kept above -87 so that 2^n below is a normal float (e^-87 is 0 next to 1 anyway).
+    let z = if x > 87.0 { -87.0 } else { -x };
+    let t = z.mul_add(LOG2E, ROUND_MAGIC);
+    let n = t - ROUND_MAGIC;
+    let r = (-n).mul_add(LN2_HI, z);
+    let r = (-n).mul_add(LN2_LO, r);
+    let mut p = 0.008_312_527f32;
+    p = p.mul_add(r, 0.041_890_12);
+    p = p.mul_add(r, 0.166_671_14);
+    p = p.mul_add(r, 0.499_992_3);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()).wrapping_add(127) << 23);
+    let d = p.mul_add(two_n, 1.0);
+    // 1/d to within 12.5% from d's bits, then Newton: r ← r + r·(1 - d·r).
+    let mut q = f32::from_bits(0x7EF3_11C3u32.wrapping_sub(d.to_bits()));
+    for _ in 0..3 {
+        q = q.mul_add((-d).mul_add(q, 1.0), q);
+    }
+    x * q
+}
+
+/// 1.5·2^23 (see [`requantize`](super::requantize)).
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `(acc - corr) · mult + bias` (one fused multiply-add), then SiLU.
+#[inline(always)]
+fn dequant_run(acc: &[i32], corr: i32, mult: f32, bias: f32, silu_on: bool, dst: &mut [f32]) {
+    if silu_on {
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = silu((a.wrapping_sub(corr) as f32).mul_add(mult, bias));
+        }
+    } else {
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = (a.wrapping_sub(corr) as f32).mul_add(mult, bias);
+        }
+    }
+}
+
+/// The value the epilogue gives accumulator `acc` of channel `oc` (f32 output), for the reference.
+#[cfg(test)]
+pub(crate) fn epilogue_value(acc_corrected: i32, mult: f32, bias: f32, silu: bool) -> f32 {
+    let mut d = [0.0f32];
+    dequant_run(&[acc_corrected], 0, mult, bias, silu, &mut d);
+    d[0]
+}
+
+#[inline(always)]
+fn segment_generic(epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
+    const CHUNK: usize = 64;
+    match epi.sink {
+        Sink::F32(out) => {
+            for j in 0..channels {
+                let oc = oc0 + j;
+                // SAFETY: channel oc's pixels `pixel .. pixel + len` of this image, written by this
+                // item only (items own disjoint channel × pixel blocks).
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(oc * epi.plane + pixel), len) };
+                dequant_run(&acc[j * stride..j * stride + len], epi.corr[oc], epi.mult[oc], epi.bias[oc], epi.silu, dst);
+            }
+        }
+        Sink::I32(out) => {
+            for j in 0..channels {
+                let oc = oc0 + j;
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(oc * epi.plane + pixel), len) };
+                for (d, &a) in dst.iter_mut().zip(&acc[j * stride..j * stride + len]) {
+                    *d = a.wrapping_sub(epi.corr[oc]);
+                }
+            }
+        }
+        Sink::U8 { out, inv_scale, zero_point } => {
+            let mut i0 = 0;
+            while i0 < len {
+                let n = CHUNK.min(len - i0);
+                let mut vals = [0.0f32; CHUNK];
+                // Missing channels of the last quad hold the zero point.
+                let mut quads = [zero_point as u32 * 0x0101_0101; CHUNK];
+                for j in 0..channels {
+                    let oc = oc0 + j;
+                    let a = &acc[j * stride + i0..j * stride + i0 + n];
+                    dequant_run(a, epi.corr[oc], epi.mult[oc], epi.bias[oc], epi.silu, &mut vals[..n]);
+                    let keep = !(0xffu32 << (8 * j));
+                    for (q, &v) in quads[..n].iter_mut().zip(&vals[..n]) {
+                        *q = (*q & keep) | requantize(v, inv_scale, zero_point) << (8 * j);
+                    }
+                }
+                // SAFETY: quad oc0/4's pixels `pixel + i0 ..` of this image, written by this item only.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(quads.as_ptr(), out.get().add(oc0 / 4 * epi.plane + pixel + i0), n)
+                };
+                i0 += n;
+            }
+        }
+    }
+}
+
+/// Writes quad planes into the phase layout of `geo` (as the f32 convolution's `build_phases`, on
+/// quads, padding with `pad`): `dst[(g·s² + a·s + b)·hq·wq + i·wq + j] = planes[g][(i·s + a - p)·w + j·s + b - p]`.
+fn build_phases(planes: &[&[u32]], geo: Geometry, s: usize, p: usize, pad: u32, dst: &mut [u32]) {
+    let per_quad = s * s * geo.hq * geo.wq;
+    let dst = &mut dst[..planes.len() * per_quad];
+    let base = SyncPtr(dst.as_mut_ptr());
+    let one = |g: usize| {
+        // SAFETY: item g writes its own quad's phases, inside `dst`.
+        let d = unsafe { std::slice::from_raw_parts_mut(base.get().add(g * per_quad), per_quad) };
+        fill_phases(planes[g], geo, s, p, pad, d, |v| v);
+    };
+    if dst.len() >= 1 << 15 && planes.len() > 1 {
+        parallel_for(planes.len(), &one);
+    } else {
+        (0..planes.len()).for_each(one);
+    }
+}
+
+/// Byte `lane` of each quad of `plane` into a byte phase layout (one channel, for depthwise).
+fn build_phases_byte(plane: &[u32], lane: usize, geo: Geometry, s: usize, p: usize, pad: u8, dst: &mut [u8]) {
+    fill_phases(plane, geo, s, p, pad, dst, |q| (q >> (8 * lane)) as u8);
+}
+
+/// The phase layout of one plane (`geo.h × geo.w` of `S`) as `T`s converted by `f`, `pad` outside.
+#[inline(always)]
+fn fill_phases<S: Copy, T: Copy>(src: &[S], geo: Geometry, s: usize, p: usize, pad: T, dst: &mut [T], f: impl Fn(S) -> T) {
+    let (h, w, hq, wq) = (geo.h, geo.w, geo.hq, geo.wq);
+    for (ph, phase) in dst.chunks_mut(hq * wq).enumerate().take(s * s) {
+        let (a, b) = (ph / s, ph % s);
+        // Columns j with 0 <= j·s + b - p < w.
+        let j0 = p.saturating_sub(b).div_ceil(s).min(wq);
+        let j1 = if w + p > b { (w + p - b).div_ceil(s).min(wq) } else { 0 }.max(j0);
+        for (i, row) in phase.chunks_mut(wq).enumerate() {
+            let y = (i * s + a).wrapping_sub(p);
+            if y >= h {
+                row.fill(pad);
+                continue;
+            }
+            let srow = &src[y * w..(y + 1) * w];
+            row[..j0].fill(pad);
+            row[j1..].fill(pad);
+            let x0 = j0 * s + b - p;
+            if s == 1 {
+                for (d, &v) in row[j0..j1].iter_mut().zip(&srow[x0..]) {
+                    *d = f(v);
+                }
+            } else {
+                for (d, &v) in row[j0..j1].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                    *d = f(v);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH_U32: RefCell<Vec<Vec<u32>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_I32: RefCell<Vec<Vec<i32>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_U8: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` values (contents unspecified) from this thread's pool.
+fn with_scratch<T: Copy + Default + 'static, R>(
+    pool: &'static std::thread::LocalKey<RefCell<Vec<Vec<T>>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut buf = pool.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    let r = f(&mut buf[..len]);
+    pool.with(|s| s.borrow_mut().push(buf));
+    r
+}
