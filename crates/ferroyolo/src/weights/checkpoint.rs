@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -465,6 +465,18 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Writes `path` via a temporary file in the same folder, fsync, rename: readers see either the
 /// old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    write_atomic_with(path, |mut w| {
+        w.write_all(bytes)?;
+        Ok(w)
+    })
+}
+
+/// Writes via `write` to a temporary file next to `path`, fsyncs it and renames it over `path`.
+/// On any error the temporary file is removed and `path` is untouched.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(BufWriter<File>) -> std::io::Result<BufWriter<File>>,
+) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io { path: path.to_owned(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -474,12 +486,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let tmp = dir.join(format!(".{file_name}.{}.{nanos}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let f = File::create(&tmp)?;
+        let f = write(BufWriter::with_capacity(1 << 20, f))?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
-        // Persist the rename itself; not possible (nor needed) on every platform.
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }

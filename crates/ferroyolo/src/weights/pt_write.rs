@@ -12,8 +12,8 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -157,7 +157,7 @@ pub fn save_pt(path: impl AsRef<Path>, ckpt: &TrainingCheckpoint<'_>) -> Result<
     let stem = path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty()).unwrap_or("archive");
     // Only plain names: the stem becomes the archive's root folder.
     let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    write_atomic_with(path, |w| write_archive(w, &stem, &pickled))
+    checkpoint::write_atomic_with(path, |w| write_archive(w, &stem, &pickled))
 }
 
 /// The checkpoint as a torch zip archive in memory (see [`save_pt`]); `stem` names its root folder.
@@ -853,38 +853,6 @@ fn write_archive<W: Write>(w: W, stem: &str, pickled: &pickle_write::Pickled<'_,
     let b = std::hash::Hasher::finish(&id);
     z.add(format!("{stem}/.data/serialization_id"), format!("{a:020}{b:020}").as_bytes())?;
     z.finish()
-}
-
-/// Writes via `write` to a temporary file next to `path`, fsyncs it and renames it over `path`.
-/// On any error the temporary file is removed and `path` is untouched.
-fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(BufWriter<File>) -> std::io::Result<BufWriter<File>>,
-) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.to_owned(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".{file_name}.{}.{nanos}.tmp", std::process::id()));
-    let result = (|| {
-        let f = File::create(&tmp)?;
-        let f = write(BufWriter::with_capacity(1 << 20, f))?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` (Python's `isoformat` style).
