@@ -15,14 +15,26 @@ use ferroyolo::train::{train, TrainArgs};
 fn yolo26n_learns_synthetic_shapes_from_scratch() {
     let root = std::env::temp_dir().join(format!("ferroyolo-scratch-{}", std::process::id()));
     std::fs::remove_dir_all(&root).ok();
-    let spec = SyntheticSpec { train: 256, val: 64, imgsz: 160, seed: 0, ..SyntheticSpec::default() };
+    // Three shapes (circle, square, triangle), 1-3 per image, 30-60 % of the side.
+    let spec = SyntheticSpec {
+        train: 256,
+        val: 64,
+        imgsz: 128,
+        seed: 0,
+        classes: 3,
+        min_objects: 1,
+        max_objects: 3,
+        min_size: 0.3,
+        max_size: 0.6,
+        ..SyntheticSpec::default()
+    };
     let data = generate(&root.join("shapes"), &spec).unwrap();
     let epochs: usize = std::env::var("FERROYOLO_SCRATCH_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let args = TrainArgs {
         model: "yolo26n.yaml".into(),
         data,
         epochs,
-        imgsz: 160,
+        imgsz: 128,
         batch: 16,
         // One optimizer step per batch: a small dataset gives few batches per epoch.
         nbs: 16,
