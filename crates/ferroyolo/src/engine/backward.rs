@@ -25,6 +25,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::Activation;
+
+mod wgrad;
 use super::profile;
 use super::simd;
 use super::tensor::Tensor;
@@ -228,29 +230,43 @@ fn matmul_strided(m: usize, n: usize, k: usize, c: &mut [f32], c_rs: usize, c_cs
 /// # Panics
 /// If the shapes disagree with `shape`.
 pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor, needs: Needs) -> ConvGrads {
-    let span = profile::start();
     let (n, h, w) = (x.n, x.h, x.w);
     let (ho, wo) = shape.output_size(h, w);
     assert_eq!(x.channels, shape.in_channels, "conv2d_backward: input channels");
     assert_eq!(dy.shape(), [n, shape.out_channels, ho, wo], "conv2d_backward: dy shape");
     assert_eq!(weight.len(), shape.weight_len(), "conv2d_backward: weight length");
-    let bias = needs.bias.then(|| bias_grad(dy));
+    let flops = 2 * (shape.weight_len() * ho * wo * n) as u64;
+    let label = |what: &str| {
+        let ConvShape { in_channels: ci, out_channels: co, kernel: k, stride: s, groups: g, .. } = shape;
+        format!("bwd conv {what} k{k} s{s} g{g} {ci}->{co} {h}x{w}")
+    };
+    // Dense weight gradients by inner products where the CPU allows (no im2col).
+    let span = profile::start();
+    let dot_weight = if needs.weight && !shape.is_depthwise() { wgrad::weight_grad(shape, x, dy) } else { None };
+    if dot_weight.is_some() {
+        span.finish(flops, || label("dW"));
+    }
     // With stride 1 the input gradient is itself a convolution (of dy, with the kernels flipped and
-    // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im.
+    // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im
+    // (profiled as a forward convolution).
     let via_forward = needs.input && shape.stride == 1 && shape.padding < shape.kernel;
     let mut input = if via_forward {
         Some(transposed_conv(shape, weight).forward(dy, Activation::Identity))
     } else {
         needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]))
     };
-    let needs = Needs { input: needs.input && !via_forward, ..needs };
-    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| needs.input) {
+    // The rest: bias, and whatever the im2col path or the depthwise loop computes.
+    let span = profile::start();
+    let bias = needs.bias.then(|| bias_grad(dy));
+    let col2im_input = needs.input && !via_forward;
+    let im2col_weight = needs.weight && dot_weight.is_none();
+    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| col2im_input) {
         Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
         None => (0..n).map(|_| None).collect(),
     };
     let weight_grad = if shape.is_depthwise() {
         depthwise_backward(shape, x, weight, dy, chunks, needs.weight)
-    } else if needs.input || needs.weight {
+    } else if col2im_input || im2col_weight {
         // Per group, W as [cout_g][kk] and its transpose [kk][cout_g] (the layout the gemms use,
         // for both the input gradient's Wᵀ and the accumulated weight gradient).
         let (g, kk) = (shape.groups, shape.weight_len() / shape.out_channels);
@@ -267,7 +283,7 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
             .into_par_iter()
             .enumerate()
             .fold(
-                || needs.weight.then(|| vec![0.0f32; wlen]),
+                || im2col_weight.then(|| vec![0.0f32; wlen]),
                 |mut acc, (img, dx)| {
                     dense_image(shape, x, img, &w_t, dy, dx, acc.as_deref_mut());
                     acc
@@ -279,14 +295,19 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
             group_t(&t, &mut dw, kk, cout_g);
             dw
         })
+        .or(dot_weight)
     } else {
-        None
+        dot_weight
     };
-    let flops = 2 * (shape.weight_len() * ho * wo * n) as u64 * (needs.input as u64 + needs.weight as u64);
-    span.finish(flops, || {
-        let ConvShape { in_channels: ci, out_channels: co, kernel: k, stride: s, groups: g, .. } = shape;
-        format!("bwd conv k{k} s{s} g{g} {ci}->{co} {h}x{w}")
-    });
+    let counted = if shape.is_depthwise() { needs.input as u64 + needs.weight as u64 } else { col2im_input as u64 + im2col_weight as u64 };
+    let what = match (shape.is_depthwise(), col2im_input, im2col_weight) {
+        (true, ..) => "depthwise",
+        (false, true, false) => "dX",
+        (false, false, true) => "dW im2col",
+        (false, true, true) => "dX+dW",
+        (false, false, false) => "bias",
+    };
+    span.finish(flops * counted, || label(what));
     ConvGrads { input, weight: weight_grad, bias }
 }
 
