@@ -368,3 +368,57 @@ fn conv_weight_grad_blocked_shapes() {
         assert_close(g.weight.as_ref().unwrap(), &weight_grad_f64(s, &built, &dy), 1e-4, &format!("{s:?} parts dw"));
     }
 }
+
+/// The process's CPU time in ms, for benchmarks on a machine shared with other jobs (less disturbed
+/// than wall time; run them on one thread, since idle spinning counts too).
+pub(super) fn cpu_ms() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid out-pointer; the clock id exists on Linux.
+    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.sec as f64 * 1e3 + ts.nsec as f64 / 1e6
+}
+
+/// Best-of-N CPU time of the BatchNorm passes of a training step on yolo26n shapes, next to a plain
+/// copy of the same tensor.
+/// `RAYON_NUM_THREADS=1 cargo test --release -p ferroyolo --lib bench_batch_norm -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_batch_norm() {
+    let mut rng = Rng::new(3);
+    for shape in [[8, 80, 40, 40], [8, 16, 160, 160], [8, 256, 10, 10]] {
+        let c = shape[1];
+        let z = rng.tensor(shape);
+        let da = rng.tensor(shape);
+        let (gamma, beta) = (rng.vec(c), rng.vec(c));
+        let (mean, var) = channel_stats(&z);
+        let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
+        let best = |f: &mut dyn FnMut()| {
+            (0..9)
+                .map(|_| {
+                    let t = cpu_ms();
+                    f();
+                    cpu_ms() - t
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let copy = best(&mut || drop(std::hint::black_box(z.clone())));
+        let stats = best(&mut || drop(std::hint::black_box(channel_stats(&z))));
+        let fwd = best(&mut || drop(std::hint::black_box(batch_norm_act(&z, &mean, &invstd, &gamma, &beta, Activation::Silu))));
+        let (mut zc, mut dc) = (z.clone(), da.clone());
+        let bwd = best(&mut || {
+            let g = batch_norm_act_backward(zc.clone(), dc.clone(), &mean, &invstd, &gamma, &beta, Activation::Silu, true);
+            zc = g.input;
+            dc = da.clone();
+        });
+        println!("{shape:?}: copy {copy:.3} ms, stats {stats:.3}, bn+silu {fwd:.3}, backward {bwd:.3} (incl. 2 copies)");
+    }
+}

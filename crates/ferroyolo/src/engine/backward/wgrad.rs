@@ -256,26 +256,10 @@ unsafe fn run<const R: usize, const T: usize>(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod bench {
+    use super::super::tests::cpu_ms;
     use super::super::{dense_image, transpose};
     use super::*;
     use crate::engine::testutil::Rng;
-
-    /// The process's CPU time in ms (less disturbed than wall time when other jobs share the cores).
-    fn cpu_ms() -> f64 {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: a valid out-pointer; the clock id exists on Linux.
-        unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        ts.sec as f64 * 1e3 + ts.nsec as f64 / 1e6
-    }
 
     /// Best-of-N CPU time of the weight gradient per yolo26n shape (batch 8 at 320²), inner
     /// products vs im2col + gemm. Run it on one thread (`RAYON_NUM_THREADS=1`): with more, idle
