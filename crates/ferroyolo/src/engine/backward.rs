@@ -25,9 +25,13 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::Activation;
+
+mod wgrad;
 use super::profile;
 use super::simd;
 use super::tensor::Tensor;
+use super::threads::parallel_for;
+use super::buffers;
 
 /// The input channels of a convolution: `n` images of `channels` planes of `h × w`, borrowed from
 /// channel ranges of one or more tensors (a channel concatenation that is never built).
@@ -228,29 +232,43 @@ fn matmul_strided(m: usize, n: usize, k: usize, c: &mut [f32], c_rs: usize, c_cs
 /// # Panics
 /// If the shapes disagree with `shape`.
 pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor, needs: Needs) -> ConvGrads {
-    let span = profile::start();
     let (n, h, w) = (x.n, x.h, x.w);
     let (ho, wo) = shape.output_size(h, w);
     assert_eq!(x.channels, shape.in_channels, "conv2d_backward: input channels");
     assert_eq!(dy.shape(), [n, shape.out_channels, ho, wo], "conv2d_backward: dy shape");
     assert_eq!(weight.len(), shape.weight_len(), "conv2d_backward: weight length");
-    let bias = needs.bias.then(|| bias_grad(dy));
+    let flops = 2 * (shape.weight_len() * ho * wo * n) as u64;
+    let label = |what: &str| {
+        let ConvShape { in_channels: ci, out_channels: co, kernel: k, stride: s, groups: g, .. } = shape;
+        format!("bwd conv {what} k{k} s{s} g{g} {ci}->{co} {h}x{w}")
+    };
+    // Dense weight gradients by inner products where the CPU allows (no im2col).
+    let span = profile::start();
+    let dot_weight = if needs.weight && !shape.is_depthwise() { wgrad::weight_grad(shape, x, dy) } else { None };
+    if dot_weight.is_some() {
+        span.finish(flops, || label("dW"));
+    }
     // With stride 1 the input gradient is itself a convolution (of dy, with the kernels flipped and
-    // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im.
+    // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im
+    // (profiled as a forward convolution).
     let via_forward = needs.input && shape.stride == 1 && shape.padding < shape.kernel;
     let mut input = if via_forward {
         Some(transposed_conv(shape, weight).forward(dy, Activation::Identity))
     } else {
         needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]))
     };
-    let needs = Needs { input: needs.input && !via_forward, ..needs };
-    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| needs.input) {
+    // The rest: bias, and whatever the im2col path or the depthwise loop computes.
+    let span = profile::start();
+    let bias = needs.bias.then(|| bias_grad(dy));
+    let col2im_input = needs.input && !via_forward;
+    let im2col_weight = needs.weight && dot_weight.is_none();
+    let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| col2im_input) {
         Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
         None => (0..n).map(|_| None).collect(),
     };
     let weight_grad = if shape.is_depthwise() {
         depthwise_backward(shape, x, weight, dy, chunks, needs.weight)
-    } else if needs.input || needs.weight {
+    } else if col2im_input || im2col_weight {
         // Per group, W as [cout_g][kk] and its transpose [kk][cout_g] (the layout the gemms use,
         // for both the input gradient's Wᵀ and the accumulated weight gradient).
         let (g, kk) = (shape.groups, shape.weight_len() / shape.out_channels);
@@ -267,7 +285,7 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
             .into_par_iter()
             .enumerate()
             .fold(
-                || needs.weight.then(|| vec![0.0f32; wlen]),
+                || im2col_weight.then(|| vec![0.0f32; wlen]),
                 |mut acc, (img, dx)| {
                     dense_image(shape, x, img, &w_t, dy, dx, acc.as_deref_mut());
                     acc
@@ -279,14 +297,19 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
             group_t(&t, &mut dw, kk, cout_g);
             dw
         })
+        .or(dot_weight)
     } else {
-        None
+        dot_weight
     };
-    let flops = 2 * (shape.weight_len() * ho * wo * n) as u64 * (needs.input as u64 + needs.weight as u64);
-    span.finish(flops, || {
-        let ConvShape { in_channels: ci, out_channels: co, kernel: k, stride: s, groups: g, .. } = shape;
-        format!("bwd conv k{k} s{s} g{g} {ci}->{co} {h}x{w}")
-    });
+    let counted = if shape.is_depthwise() { needs.input as u64 + needs.weight as u64 } else { col2im_input as u64 + im2col_weight as u64 };
+    let what = match (shape.is_depthwise(), col2im_input, im2col_weight) {
+        (true, ..) => "depthwise",
+        (false, true, false) => "dX",
+        (false, false, true) => "dW im2col",
+        (false, true, true) => "dX+dW",
+        (false, false, false) => "bias",
+    };
+    span.finish(flops * counted, || label(what));
     ConvGrads { input, weight: weight_grad, bias }
 }
 
@@ -520,33 +543,47 @@ fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor,
     need_weight.then_some(dw)
 }
 
-/// Splits a tensor into per-channel groups of its planes (one `Vec` per channel, one plane per
-/// image), so channel-wise reductions can run in parallel over channels.
-fn planes_by_channel(t: &mut Tensor) -> Vec<Vec<&mut [f32]>> {
-    let [n, c, h, w] = t.shape();
-    let mut per_ch: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
-    for (i, plane) in t.data_mut().chunks_mut((h * w).max(1)).enumerate() {
-        per_ch[i % c].push(plane);
-    }
-    per_ch
+/// Runs `f(ch)` for every channel on the engine's team, returning the results in order.
+fn per_channel<T: Copy + Default + Send>(c: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let mut out = vec![T::default(); c];
+    let base = SendPtr(out.as_mut_ptr());
+    parallel_for(c, &|ch| {
+        let v = f(ch);
+        // SAFETY: item `ch` writes only `out[ch]`, inside the allocation, which outlives the loop.
+        unsafe { *base.get().add(ch) = v };
+    });
+    out
 }
 
-/// Per-channel mean and biased variance of `z` over batch and space (two passes; lane sums in
-/// f32 within a plane, f64 across planes).
+/// A raw pointer the items of one `parallel_for` share, each writing its own elements.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: every user hands each item a disjoint set of elements (see the call sites).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// By method, so closures capture the wrapper and not (by edition-2021 disjoint capture) the field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Per-channel mean and biased variance of `z` over batch and space: two passes per channel (the
+/// second finds the channel's planes in cache), lane sums in f32 within a plane, f64 across planes.
+/// (One pass with shifted sums was tried: its cancellation moved the first layer's gradient by
+/// 3e-3 relative, beyond the reference tolerance.)
 pub fn channel_stats(z: &Tensor) -> (Vec<f32>, Vec<f32>) {
     let span = profile::start();
     let [n, c, h, w] = z.shape();
     let count = (n * h * w) as f64;
-    let stats = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mean = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), 0.0, false))).sum::<f64>() / count;
-            let var = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), mean as f32, true))).sum::<f64>() / count;
-            (mean as f32, var as f32)
-        })
-        .unzip();
+    let stats = per_channel(c, &|ch| {
+        let mean = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), 0.0, false))).sum::<f64>() / count;
+        let var = (0..n).map(|i| dispatch!(lane_sum(z.plane(i, ch), mean as f32, true))).sum::<f64>() / count;
+        (mean as f32, var as f32)
+    });
     span.finish(0, || format!("bwd bn stats {:?}", z.shape()));
-    stats
+    stats.into_iter().unzip()
 }
 
 /// Runs `$f(args)` through a copy compiled for AVX-512 when the CPU has it, so the plain loops
@@ -610,25 +647,45 @@ pub fn update_running_stats(running_mean: &mut [f32], running_var: &mut [f32], m
     }
 }
 
-/// `act(γ·(z − mean)·invstd + β)` per channel.
+/// `act(γ·(z − mean)·invstd + β)` per channel, in one pass from `z` into a new tensor.
 pub fn batch_norm_act(z: &Tensor, mean: &[f32], invstd: &[f32], gamma: &[f32], beta: &[f32], act: Activation) -> Tensor {
     let span = profile::start();
-    let [_, c, h, w] = z.shape();
-    let mut out = z.clone();
-    out.data_mut().par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, plane)| {
-        let ch = i % c;
-        dispatch!(affine_act(plane, mean[ch], invstd[ch] * gamma[ch], beta[ch], act));
+    let [n, c, h, w] = z.shape();
+    let hw = h * w;
+    let total = z.numel();
+    let mut out = buffers::take(total);
+    let dst = SendPtr(out.as_mut_ptr());
+    // Items of whole planes, about 16K values each, so small maps do not pay per-plane dispatch.
+    let per_item = (16384 / hw.max(1)).max(1);
+    let planes = n * c;
+    parallel_for(planes.div_ceil(per_item), &|item| {
+        for p in item * per_item..((item + 1) * per_item).min(planes) {
+            let ch = p % c;
+            let src = &z.data()[p * hw..(p + 1) * hw];
+            // SAFETY: plane p of the output, inside its capacity and written by this item only.
+            let d = unsafe { dst.get().add(p * hw) };
+            dispatch!(affine_act_to(src, d, mean[ch], invstd[ch] * gamma[ch], beta[ch], act));
+        }
     });
+    // SAFETY: every plane, so all `total` values, was written above.
+    unsafe { out.set_len(total) };
     span.finish(0, || format!("bwd bn+act forward {:?}", z.shape()));
-    out
+    Tensor::new(z.shape(), out)
 }
 
-/// `v ← act((v − m)·scale + b)`.
+/// `dst[i] = act((src[i] − m)·scale + b)`.
+///
+/// `dst` must be valid for `src.len()` writes.
 #[inline(always)]
-fn affine_act(v: &mut [f32], m: f32, scale: f32, b: f32, act: Activation) {
-    match act {
-        Activation::Identity => v.iter_mut().for_each(|x| *x = (*x - m) * scale + b),
-        Activation::Silu => v.iter_mut().for_each(|x| *x = simd::silu_fast((*x - m) * scale + b)),
+fn affine_act_to(src: &[f32], dst: *mut f32, m: f32, scale: f32, b: f32, act: Activation) {
+    for (i, &x) in src.iter().enumerate() {
+        let y = (x - m) * scale + b;
+        let v = match act {
+            Activation::Identity => y,
+            Activation::Silu => simd::silu_fast(y),
+        };
+        // SAFETY: the caller guarantees `src.len()` writable values at `dst`.
+        unsafe { dst.add(i).write(v) };
     }
 }
 
@@ -638,9 +695,9 @@ fn act_grad(y: f32, act: Activation) -> f32 {
     match act {
         Activation::Identity => 1.0,
         Activation::Silu => {
-            // Clamped like `silu_fast`: beyond ±88 the derivative is 0 or 1 to f32 precision.
-            let yc = y.clamp(-88.0, 88.0);
-            let s = 1.0 / (1.0 + simd::exp_fast(-yc));
+            // `exp_fast` clamps its argument (beyond ±88 the derivative is 0 or 1 to f32
+            // precision); an explicit `clamp` here would keep the loops from vectorising.
+            let s = 1.0 / (1.0 + simd::exp_fast(-y));
             s * (1.0 + y * (1.0 - s))
         }
     }
@@ -670,12 +727,16 @@ pub struct BatchNormGrads {
 ///
 /// `batch_stats`: the forward normalised with the batch's own statistics (training mode), so the
 /// gradient also flows through the mean and variance:
-/// `dz = γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`. Otherwise (eval mode, running statistics)
-/// `dz = γ·invstd·dy`. `z` and `da` are consumed: their buffers become `dz` and `dy`.
+/// `dz = γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))` with `dy = da·act'(γ·x̂ + β)`. Otherwise (eval
+/// mode, running statistics) `dz = γ·invstd·dy`. `z` is consumed: its buffer becomes `dz`.
+///
+/// Two passes per channel, both reading `z` and `da`: the sums, then `dz` (recomputing `dy`
+/// rather than storing it, which saves writing a tensor; the second pass finds the channel's
+/// planes still in cache).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_act_backward(
     mut z: Tensor,
-    mut da: Tensor,
+    da: Tensor,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
@@ -685,56 +746,51 @@ pub fn batch_norm_act_backward(
 ) -> BatchNormGrads {
     assert_eq!(z.shape(), da.shape(), "batch_norm_act_backward: shape mismatch");
     let span = profile::start();
-    let [n, _, h, w] = z.shape();
+    let [n, c, h, w] = z.shape();
+    let hw = h * w;
     let count = (n * h * w) as f64;
-    let mut zs = planes_by_channel(&mut z);
-    let mut ds = planes_by_channel(&mut da);
-    let sums: Vec<(f32, f32)> = zs
-        .par_iter_mut()
-        .zip(ds.par_iter_mut())
-        .enumerate()
-        .map(|(ch, (zp, dp))| {
-            let (m, is, g, b) = (mean[ch], invstd[ch], gamma[ch], beta[ch]);
-            // Pass 1: dy = da·act'(y) in place of da; Σ dy and Σ dy·x̂.
-            let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
-            for (zp, dp) in zp.iter().zip(dp.iter_mut()) {
-                let (s1, s2) = dispatch!(bn_grad_pass1(zp, dp, m, is, g, b, act));
-                sum_dy += s1;
-                sum_dyx += s2;
-            }
-            // Pass 2: dz in place of z.
-            let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
-            for (zp, dp) in zp.iter_mut().zip(dp.iter()) {
-                dispatch!(bn_grad_pass2(zp, dp, m, is, g * is, mdy, mdyx, batch_stats));
-            }
-            (sum_dyx as f32, sum_dy as f32)
-        })
-        .collect();
-    drop((zs, ds));
+    let zp = SendPtr(z.data_mut().as_mut_ptr());
+    let sums = per_channel(c, &|ch| {
+        let (m, is, g, b) = (mean[ch], invstd[ch], gamma[ch], beta[ch]);
+        // SAFETY: plane (i, ch) of `z`, read here and rewritten below by this item only.
+        let plane = |i: usize| unsafe { std::slice::from_raw_parts_mut(zp.get().add((i * c + ch) * hw), hw) };
+        let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
+        for i in 0..n {
+            let (s1, s2) = dispatch!(bn_grad_sums(plane(i), da.plane(i, ch), m, is, g, b, act));
+            sum_dy += s1;
+            sum_dyx += s2;
+        }
+        let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
+        for i in 0..n {
+            dispatch!(bn_grad_input(plane(i), da.plane(i, ch), m, is, g, b, mdy, mdyx, act, batch_stats));
+        }
+        (sum_dyx as f32, sum_dy as f32)
+    });
+    drop(da);
     let (gamma_grad, beta_grad) = sums.into_iter().unzip();
     span.finish(0, || format!("bwd bn+act backward {:?}", z.shape()));
     BatchNormGrads { input: z, gamma: gamma_grad, beta: beta_grad }
 }
 
-/// BatchNorm backward, pass 1 over one plane: `d ← d·act'(γ·x̂ + β)`; returns `(Σ d, Σ d·x̂)`.
+/// BatchNorm backward, pass 1 over one plane: `(Σ dy, Σ dy·x̂)` with `dy = da·act'(γ·x̂ + β)`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_pass1(z: &[f32], d: &mut [f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
+fn bn_grad_sums(z: &[f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
     let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let step = |z: &[f32], d: &mut [f32], a1: &mut [f32], a2: &mut [f32]| {
-        for (((&zv, dv), s1), s2) in z.iter().zip(d.iter_mut()).zip(a1.iter_mut()).zip(a2.iter_mut()) {
+    let step = |z: &[f32], da: &[f32], a1: &mut [f32], a2: &mut [f32]| {
+        for (((&zv, &d), s1), s2) in z.iter().zip(da).zip(a1.iter_mut()).zip(a2.iter_mut()) {
             let xhat = (zv - m) * is;
-            let dy = *dv * act_grad(g * xhat + b, act);
-            *dv = dy;
+            let dy = d * act_grad(g * xhat + b, act);
             *s1 += dy;
             *s2 += dy * xhat;
         }
     };
     let full = z.len() / LANES * LANES;
-    for (zc, dc) in z[..full].chunks_exact(LANES).zip(d[..full].chunks_exact_mut(LANES)) {
+    for (zc, dc) in z[..full].chunks_exact(LANES).zip(da[..full].chunks_exact(LANES)) {
         step(zc, dc, &mut a1, &mut a2);
     }
     let rest = z.len() - full;
-    step(&z[full..], &mut d[full..], &mut a1[..rest], &mut a2[..rest]);
+    step(&z[full..], &da[full..], &mut a1[..rest], &mut a2[..rest]);
     (a1.iter().map(|&v| v as f64).sum(), a2.iter().map(|&v| v as f64).sum())
 }
 
@@ -742,11 +798,13 @@ fn bn_grad_pass1(z: &[f32], d: &mut [f32], m: f32, is: f32, g: f32, b: f32, act:
 /// with batch statistics, `z ← γ·invstd·dy` without.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_pass2(z: &mut [f32], d: &[f32], m: f32, is: f32, gi: f32, mdy: f32, mdyx: f32, batch_stats: bool) {
-    if batch_stats {
-        z.iter_mut().zip(d).for_each(|(zv, &dy)| *zv = gi * (dy - mdy - (*zv - m) * is * mdyx));
-    } else {
-        z.iter_mut().zip(d).for_each(|(zv, &dy)| *zv = gi * dy);
+fn bn_grad_input(z: &mut [f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, mdy: f32, mdyx: f32, act: Activation, batch_stats: bool) {
+    let gi = g * is;
+    let (mdy, mdyx) = if batch_stats { (mdy, mdyx) } else { (0.0, 0.0) };
+    for (zv, &d) in z.iter_mut().zip(da) {
+        let xhat = (*zv - m) * is;
+        let dy = d * act_grad(g * xhat + b, act);
+        *zv = gi * (dy - mdy - xhat * mdyx);
     }
 }
 

@@ -606,6 +606,44 @@ fn build_phases(
     for_chunks_mut(dst, per_channel, big, &one);
 }
 
+/// The phase layout of one image for a `k × k`, stride `s`, padding `p` convolution over `h × w`
+/// (see the module doc), for the backward pass: there tap `(ci, ky, kx)` is the run of `nq`
+/// values at `ci · per_channel + taps[ky·k + kx]`, output `(y, x)` at position `y·wq + x` of it.
+pub(crate) struct PhaseLayout {
+    geo: Geometry,
+    stride: usize,
+    padding: usize,
+    /// Output size.
+    pub ho: usize,
+    pub wo: usize,
+    /// Width of a phase row (the grid the taps run over).
+    pub wq: usize,
+    /// Length of the run each tap reads: `(ho − 1)·wq + wo`.
+    pub nq: usize,
+    /// Floats per input channel.
+    pub per_channel: usize,
+    /// Offset of each tap `ky·k + kx` into a channel's layout.
+    pub taps: Vec<usize>,
+}
+
+impl PhaseLayout {
+    pub(crate) fn new(k: usize, s: usize, p: usize, h: usize, w: usize) -> PhaseLayout {
+        assert!(h + 2 * p >= k && w + 2 * p >= k, "PhaseLayout: input {h}x{w} (padding {p}) smaller than kernel {k}");
+        let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let extra = (k - 1) / s;
+        let geo = Geometry { h, w, ho, wo, hq: ho + extra, wq: wo + extra };
+        let phase = geo.hq * geo.wq;
+        let taps = (0..k * k).map(|t| (t / k % s * s + t % k % s) * phase + (t / k / s) * geo.wq + t % k / s).collect();
+        PhaseLayout { geo, stride: s, padding: p, ho, wo, wq: geo.wq, nq: (ho - 1) * geo.wq + wo, per_channel: s * s * phase, taps }
+    }
+
+    /// Writes the layout of `planes` (one image, `h × w` each) into `dst` (`planes.len() · per_channel`
+    /// floats), on the calling thread.
+    pub(crate) fn write(&self, planes: &[&[f32]], dst: &mut [f32]) {
+        build_phases(planes, self.geo, self.stride, self.padding, 0, dst, simd::isa(), false);
+    }
+}
+
 /// `dst[i] = src[2·i]` (stride-2 columns of one input row into one phase row).
 ///
 /// # Panics

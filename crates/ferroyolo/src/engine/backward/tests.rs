@@ -298,3 +298,127 @@ fn attention_grad() {
     assert_close(got.data(), &fd(&f64s(qkv.data()), l), 1e-3, "attention dqkv");
 }
 
+
+/// `dW` of a convolution directly in f64: `Σ dy · x` over images and output pixels.
+fn weight_grad_f64(s: ConvShape, x: &Tensor, dy: &Tensor) -> Vec<f64> {
+    let [n, _, h, w] = x.shape();
+    let (ho, wo) = s.output_size(h, w);
+    let (cin_g, cout_g, k) = (s.in_channels / s.groups, s.out_channels / s.groups, s.kernel);
+    let mut dw = vec![0.0f64; s.weight_len()];
+    for o in 0..s.out_channels {
+        let g = o / cout_g;
+        for ci in 0..cin_g {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let mut acc = 0.0;
+                    for img in 0..n {
+                        let (xp, dp) = (x.plane(img, g * cin_g + ci), dy.plane(img, o));
+                        for yo in 0..ho {
+                            for xo in 0..wo {
+                                let yy = (yo * s.stride + ky).wrapping_sub(s.padding);
+                                let xx = (xo * s.stride + kx).wrapping_sub(s.padding);
+                                if yy < h && xx < w {
+                                    acc += dp[yo * wo + xo] as f64 * xp[yy * w + xx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    dw[((o * cin_g + ci) * k + ky) * k + kx] = acc;
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// Weight gradients on shapes large enough to exercise the inner-product kernel's blocking: maps
+/// cut into pieces (with a masked tail), several small images per piece, channel counts that leave
+/// partial tiles, groups, and one image split over the threads.
+#[test]
+fn conv_weight_grad_blocked_shapes() {
+    let mut rng = Rng::new(21);
+    // (shape, n, h, w)
+    let cases = [
+        (shape(13, 7, 1, 1, 0, 1), 3, 20, 20),
+        (shape(9, 5, 1, 1, 0, 1), 2, 48, 47),
+        (shape(5, 9, 3, 1, 1, 1), 2, 33, 31),
+        (shape(6, 5, 3, 2, 1, 1), 3, 40, 40),
+        (shape(3, 16, 3, 2, 1, 1), 1, 70, 70),
+        (shape(8, 6, 3, 1, 1, 2), 2, 12, 9),
+        (shape(4, 6, 5, 1, 2, 1), 2, 9, 10),
+    ];
+    for (s, n, h, w) in cases {
+        let x = rng.tensor([n, s.in_channels, h, w]);
+        let (ho, wo) = s.output_size(h, w);
+        let dy = rng.tensor([n, s.out_channels, ho, wo]);
+        let wt = rng.vec(s.weight_len());
+        let g = conv2d_backward(s, &Planes::of(&x), &wt, &dy, Needs { input: false, weight: true, bias: false });
+        assert_close(g.weight.as_ref().unwrap(), &weight_grad_f64(s, &x, &dy), 1e-4, &format!("{s:?} {n}x{h}x{w} dw"));
+    }
+    // Over channel ranges of two tensors (a concatenation never built), 1×1 and 3×3.
+    let a = rng.tensor([2, 5, 36, 30]);
+    let b = rng.tensor([2, 3, 36, 30]);
+    let parts = Planes::new(&[(&a, 1..4), (&b, 0..2), (&a, 4..5)]);
+    let built = parts.to_tensor();
+    for s in [shape(6, 10, 1, 1, 0, 1), shape(6, 10, 3, 2, 1, 1)] {
+        let (ho, wo) = s.output_size(36, 30);
+        let dy = rng.tensor([2, 10, ho, wo]);
+        let wt = rng.vec(s.weight_len());
+        let g = conv2d_backward(s, &parts, &wt, &dy, Needs { input: false, weight: true, bias: false });
+        assert_close(g.weight.as_ref().unwrap(), &weight_grad_f64(s, &built, &dy), 1e-4, &format!("{s:?} parts dw"));
+    }
+}
+
+/// The process's CPU time in ms, for benchmarks on a machine shared with other jobs (less disturbed
+/// than wall time; run them on one thread, since idle spinning counts too).
+pub(super) fn cpu_ms() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid out-pointer; the clock id exists on Linux.
+    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.sec as f64 * 1e3 + ts.nsec as f64 / 1e6
+}
+
+/// Best-of-N CPU time of the BatchNorm passes of a training step on yolo26n shapes, next to a plain
+/// copy of the same tensor.
+/// `RAYON_NUM_THREADS=1 cargo test --release -p ferroyolo --lib bench_batch_norm -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_batch_norm() {
+    let mut rng = Rng::new(3);
+    for shape in [[8, 80, 40, 40], [8, 16, 160, 160], [8, 256, 10, 10]] {
+        let c = shape[1];
+        let z = rng.tensor(shape);
+        let da = rng.tensor(shape);
+        let (gamma, beta) = (rng.vec(c), rng.vec(c));
+        let (mean, var) = channel_stats(&z);
+        let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
+        let best = |f: &mut dyn FnMut()| {
+            (0..9)
+                .map(|_| {
+                    let t = cpu_ms();
+                    f();
+                    cpu_ms() - t
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let copy = best(&mut || drop(std::hint::black_box(z.clone())));
+        let stats = best(&mut || drop(std::hint::black_box(channel_stats(&z))));
+        let fwd = best(&mut || drop(std::hint::black_box(batch_norm_act(&z, &mean, &invstd, &gamma, &beta, Activation::Silu))));
+        let (mut zc, mut dc) = (z.clone(), da.clone());
+        let bwd = best(&mut || {
+            let g = batch_norm_act_backward(zc.clone(), dc.clone(), &mean, &invstd, &gamma, &beta, Activation::Silu, true);
+            zc = g.input;
+            dc = da.clone();
+        });
+        println!("{shape:?}: copy {copy:.3} ms, stats {stats:.3}, bn+silu {fwd:.3}, backward {bwd:.3} (incl. 2 copies)");
+    }
+}
