@@ -7,7 +7,9 @@
 //! - [`model`]: the YOLO26 network, built from its config and filled from a checkpoint.
 //! - [`predict`]: the user-facing [`Yolo`] API and post-processing into detections.
 //! - [`output`]: detections out (annotated images, label files, JSON).
+//! - [`compress`]: weight statistics and (coming) pruning and quantization.
 
+pub mod compress;
 pub mod data;
 pub mod engine;
 pub mod model;

@@ -1,0 +1,3 @@
+//! Model compression: inspecting weights ([`report`]) before pruning or quantizing them.
+
+pub mod report;
