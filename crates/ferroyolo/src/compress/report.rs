@@ -53,20 +53,19 @@ impl TensorStats {
     /// channel for the per-channel int8 figure).
     pub fn of(values: &[f32], shape: &[usize]) -> Self {
         let count = values.len();
-        let (mut min, mut max, mut sum, mut zeros) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0usize);
+        let (mut min, mut max, mut zeros) = (f64::INFINITY, f64::NEG_INFINITY, 0usize);
         for &v in values {
             let v = f64::from(v);
             min = min.min(v);
             max = max.max(v);
-            sum += v;
             zeros += usize::from(v == 0.0);
         }
         let (mean, std) = if count == 0 {
             (f64::NAN, f64::NAN)
         } else {
-            let mean = sum / count as f64;
+            let mean = compensated_sum(values.iter().map(|&v| f64::from(v))) / count as f64;
             // Second pass about the mean: no cancellation as with Σx² − n·mean².
-            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / count as f64;
+            let var = compensated_sum(values.iter().map(|&v| (f64::from(v) - mean).powi(2))) / count as f64;
             (mean, var.sqrt())
         };
         if count == 0 {
@@ -108,6 +107,18 @@ impl TensorStats {
             "int8_channel_sqnr_db": self.int8_channel_sqnr_db,
         })
     }
+}
+
+/// Σ of `values` with Neumaier's compensation: correct to about one rounding whatever the count
+/// (a plain f64 sum of millions of weights drifts in the 12th digit).
+fn compensated_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut carry) = (0.0f64, 0.0f64);
+    for v in values {
+        let t = sum + v;
+        carry += if sum.abs() >= v.abs() { (sum - t) + v } else { (v - t) + sum };
+        sum = t;
+    }
+    sum + carry
 }
 
 /// The int8 SQNR of `values` quantized in consecutive groups of `group` values, one scale each.
@@ -599,6 +610,13 @@ mod tests {
         v.extend(std::iter::repeat_n(16_777_214.0f32, 10_000));
         let s = TensorStats::of(&v, &[v.len()]);
         assert_eq!((s.mean, s.std), (16_777_216.0, 2.0));
+    }
+
+    #[test]
+    fn sums_are_compensated() {
+        // 1 + 1e-16 (ten thousand times): a plain f64 sum stays at 1.
+        let v = std::iter::once(1.0).chain(std::iter::repeat_n(1e-16, 10_000));
+        assert!((compensated_sum(v) - (1.0 + 1e-12)).abs() < 1e-16);
     }
 
     #[test]
