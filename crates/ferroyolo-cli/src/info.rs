@@ -1,11 +1,15 @@
-//! `ferroyolo info` (layers, parameters, GFLOPs, classes) and `ferroyolo export`.
+//! `ferroyolo info` (layers, parameters, GFLOPs, classes; with `weights=true` per-tensor weight
+//! statistics and histograms) and `ferroyolo export`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
+use crate::args::parse_bool;
+use ferroyolo::compress::report::{WeightReport, WeightView, DEFAULT_BINS};
 use ferroyolo::model::{LayerSpec, ParamRole};
+use ferroyolo::output::run_dir::increment_run_dir;
 use ferroyolo::Yolo;
 
 #[derive(Args, Debug)]
@@ -16,6 +20,32 @@ pub struct InfoArgs {
     /// Image size for the GFLOPs count.
     #[arg(long, default_value_t = 640)]
     imgsz: usize,
+    /// Also print per-tensor weight statistics (min, max, mean, std, zeros, int8 error) and save
+    /// histograms.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    weights: bool,
+    /// With weights=true: describe the convolutions as inference runs them (BatchNorm folded in)
+    /// instead of the stored state_dict tensors.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    folded: bool,
+    /// Histogram bins.
+    #[arg(long, default_value_t = DEFAULT_BINS)]
+    bins: usize,
+    /// Save histograms and the JSON report (with weights=true).
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    plots: bool,
+    /// Folder for the histograms (default: project/name, numbered if it exists).
+    #[arg(long)]
+    save_dir: Option<PathBuf>,
+    /// Parent folder of the run folder.
+    #[arg(long, default_value = "runs/detect")]
+    project: PathBuf,
+    /// Run folder name (numbered if it exists).
+    #[arg(long, default_value = "info")]
+    name: String,
+    /// Reuse the run folder if it exists.
+    #[arg(long, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    exist_ok: bool,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +90,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if a.imgsz == 0 || !a.imgsz.is_multiple_of(32) {
         bail!("imgsz={} must be a positive multiple of 32", a.imgsz);
     }
+    if a.bins == 0 {
+        bail!("bins must be at least 1");
+    }
     let yolo = Yolo::load(&a.model)?;
     let model = yolo.model();
     let flops = model.layer_flops(a.imgsz, a.imgsz);
@@ -96,6 +129,25 @@ pub fn run(a: InfoArgs) -> Result<()> {
     );
     let names = yolo.names();
     println!("{} classes: {}", names.len(), names.iter().enumerate().map(|(i, n)| format!("{i}: {n}")).collect::<Vec<_>>().join(", "));
+    if a.weights {
+        weights_report(&yolo, &a)?;
+    }
+    Ok(())
+}
+
+fn weights_report(yolo: &Yolo, a: &InfoArgs) -> Result<()> {
+    let view = if a.folded { WeightView::Folded } else { WeightView::Raw };
+    let report = WeightReport::new(yolo.checkpoint(), view)?;
+    println!();
+    print!("{}", report.table());
+    if a.plots {
+        let dir = match &a.save_dir {
+            Some(d) => d.clone(),
+            None => increment_run_dir(&a.project, &a.name, a.exist_ok)?,
+        };
+        let files = report.save(&dir, a.bins)?;
+        println!("{} histograms and weights_{}.json saved to {}", files.len() - 1, view.name(), dir.display());
+    }
     Ok(())
 }
 

@@ -53,20 +53,19 @@ impl TensorStats {
     /// channel for the per-channel int8 figure).
     pub fn of(values: &[f32], shape: &[usize]) -> Self {
         let count = values.len();
-        let (mut min, mut max, mut sum, mut zeros) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0usize);
+        let (mut min, mut max, mut zeros) = (f64::INFINITY, f64::NEG_INFINITY, 0usize);
         for &v in values {
             let v = f64::from(v);
             min = min.min(v);
             max = max.max(v);
-            sum += v;
             zeros += usize::from(v == 0.0);
         }
         let (mean, std) = if count == 0 {
             (f64::NAN, f64::NAN)
         } else {
-            let mean = sum / count as f64;
+            let mean = compensated_sum(values.iter().map(|&v| f64::from(v))) / count as f64;
             // Second pass about the mean: no cancellation as with Σx² − n·mean².
-            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / count as f64;
+            let var = compensated_sum(values.iter().map(|&v| (f64::from(v) - mean).powi(2))) / count as f64;
             (mean, var.sqrt())
         };
         if count == 0 {
@@ -108,6 +107,18 @@ impl TensorStats {
             "int8_channel_sqnr_db": self.int8_channel_sqnr_db,
         })
     }
+}
+
+/// Σ of `values` with Neumaier's compensation: correct to about one rounding whatever the count
+/// (a plain f64 sum of millions of weights drifts in the 12th digit).
+fn compensated_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut carry) = (0.0f64, 0.0f64);
+    for v in values {
+        let t = sum + v;
+        carry += if sum.abs() >= v.abs() { (sum - t) + v } else { (v - t) + sum };
+        sum = t;
+    }
+    sum + carry
 }
 
 /// The int8 SQNR of `values` quantized in consecutive groups of `group` values, one scale each.
@@ -459,8 +470,9 @@ const GRID: Rgb<u8> = Rgb([225, 225, 225]);
 
 /// Draws `hist` with its title, frame, x ticks at the range ends (and at zero when inside),
 /// y ticks at zero and the largest count, in the panel at (`x`, `y`) of `w × h` pixels; `scale`
-/// sizes the text. Returns the plotting area.
-fn draw_histogram(c: &mut Canvas, (x, y, w, h): (i64, i64, i64, i64), hist: &Histogram, title: &str, scale: i64) -> PlotArea {
+/// sizes the text. With `log_counts` bar heights follow `ln(1 + count)`, which shows the sparse
+/// tails next to a peak. Returns the plotting area.
+fn draw_histogram(c: &mut Canvas, (x, y, w, h): (i64, i64, i64, i64), hist: &Histogram, title: &str, scale: i64, log_counts: bool) -> PlotArea {
     let glyph = 8 * scale;
     let max_count = hist.counts.iter().copied().max().unwrap_or(0);
     let ylabel_w = text_width(&max_count.to_string(), scale);
@@ -478,7 +490,8 @@ fn draw_histogram(c: &mut Canvas, (x, y, w, h): (i64, i64, i64, i64), hist: &His
     for (i, &count) in hist.counts.iter().enumerate() {
         let i = i as i64;
         let (x0, x1) = (l + i * aw / n, l + (i + 1) * aw / n);
-        let bar_h = (count as f64 / max * ah as f64).round() as i64;
+        let frac = if log_counts { (count as f64).ln_1p() / max.ln_1p() } else { count as f64 / max };
+        let bar_h = (frac * ah as f64).round() as i64;
         c.fill_rect(x0, t + ah - bar_h, x1.max(x0 + 1), t + ah, BAR);
     }
     // Frame.
@@ -522,17 +535,21 @@ fn save_png(c: &Canvas, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Size of the single-histogram figure and where its panel sits.
-const FIGURE: (u32, u32) = (1200, 700);
-const FIGURE_PANEL: (i64, i64, i64, i64) = (30, 30, 1140, 640);
+/// Size of the single-histogram figure and where its two panels (linear and log counts) sit.
+const FIGURE: (u32, u32) = (1200, 1300);
+const FIGURE_PANELS: [(i64, i64, i64, i64); 2] = [(30, 30, 1140, 620), (30, 670, 1140, 620)];
 
-/// One large histogram with its title ("count" reads up the left side).
-fn histogram_figure(path: &Path, hist: &Histogram, title: &str) -> Result<PlotArea> {
+/// One histogram drawn twice, with linear and with logarithmic counts ("count" reads up the left
+/// side). Returns the two plotting areas.
+fn histogram_figure(path: &Path, hist: &Histogram, title: &str) -> Result<[PlotArea; 2]> {
     let mut c = Canvas::new(FIGURE.0, FIGURE.1);
-    let area = draw_histogram(&mut c, FIGURE_PANEL, hist, title, 2);
-    c.text_up(4, area.top + (area.height - text_width("count", 2)) / 2, "count", 2, INK);
+    let linear = draw_histogram(&mut c, FIGURE_PANELS[0], hist, title, 2, false);
+    let log = draw_histogram(&mut c, FIGURE_PANELS[1], hist, "log scale: bar height ~ ln(1 + count)", 2, true);
+    for (area, label) in [(linear, "count"), (log, "count (log)")] {
+        c.text_up(4, area.top + (area.height - text_width(label, 2)) / 2, label, 2, INK);
+    }
     save_png(&c, path)?;
-    Ok(area)
+    Ok([linear, log])
 }
 
 /// Panels of small histograms, four to a row, under a title.
@@ -551,7 +568,7 @@ fn grid_figure(path: &Path, title: &str, panels: &[(String, Histogram)]) -> Resu
         let max_chars = ((PANEL.0 - 10) / 8) as usize;
         let chars: Vec<char> = name.chars().collect();
         let label: String = if chars.len() > max_chars { chars[chars.len() - max_chars..].iter().collect() } else { name.clone() };
-        draw_histogram(&mut c, (10 + col * PANEL.0, 44 + r * PANEL.1, PANEL.0 - 14, PANEL.1 - 10), hist, &label, 1);
+        draw_histogram(&mut c, (10 + col * PANEL.0, 44 + r * PANEL.1, PANEL.0 - 14, PANEL.1 - 10), hist, &label, 1, false);
     }
     save_png(&c, path)
 }
@@ -602,6 +619,13 @@ mod tests {
     }
 
     #[test]
+    fn sums_are_compensated() {
+        // 1 + 1e-16 (ten thousand times): a plain f64 sum stays at 1.
+        let v = std::iter::once(1.0).chain(std::iter::repeat_n(1e-16, 10_000));
+        assert!((compensated_sum(v) - (1.0 + 1e-12)).abs() < 1e-16);
+    }
+
+    #[test]
     fn histogram_bins_like_numpy() {
         // np.histogram([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 5) → [2, 2, 2, 2, 3]: half-open bins,
         // the last one closed.
@@ -633,18 +657,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferroyolo-weights-hist-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("h.png");
-        let area = histogram_figure(&path, &h, "test").unwrap();
+        let [linear, log] = histogram_figure(&path, &h, "test").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), FIGURE);
         let max = *expected.iter().max().unwrap() as f64;
-        for (i, &count) in expected.iter().enumerate() {
-            let x = (area.left + (2 * i as i64 + 1) * area.width / 16) as u32;
-            let bar = (area.top..area.top + area.height).filter(|&y| *img.get_pixel(x, y as u32) == BAR).count() as f64;
-            let want = count as f64 / max * area.height as f64;
-            assert!((bar - want).abs() <= 1.0, "bin {i}: bar {bar} px, want {want}");
+        for (area, scale) in [(linear, (|c: f64, m: f64| c / m) as fn(f64, f64) -> f64), (log, |c: f64, m: f64| c.ln_1p() / m.ln_1p())] {
+            for (i, &count) in expected.iter().enumerate() {
+                let x = (area.left + (2 * i as i64 + 1) * area.width / 16) as u32;
+                let bar = (area.top..area.top + area.height).filter(|&y| *img.get_pixel(x, y as u32) == BAR).count() as f64;
+                let want = scale(count as f64, max) * area.height as f64;
+                assert!((bar - want).abs() <= 1.0, "bin {i}: bar {bar} px, want {want}");
+            }
+            // Left of the plot there is text (tick labels), not bars.
+            assert!((0..area.left as u32).any(|x| (area.top..area.top + area.height).any(|y| *img.get_pixel(x, y as u32) == INK)));
         }
-        // Left of the plot there is text (tick labels), not bars.
-        assert!((0..area.left as u32).any(|x| (0..FIGURE.1).any(|y| *img.get_pixel(x, y) == INK)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
