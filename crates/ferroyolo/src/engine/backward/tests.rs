@@ -346,6 +346,8 @@ fn conv_weight_grad_blocked_shapes() {
         (shape(3, 16, 3, 2, 1, 1), 1, 70, 70),
         (shape(8, 6, 3, 1, 1, 2), 2, 12, 9),
         (shape(4, 6, 5, 1, 2, 1), 2, 9, 10),
+        (shape(6, 5, 3, 2, 1, 1), 1, 12, 12),
+        (shape(7, 9, 1, 1, 0, 1), 5, 10, 10),
     ];
     for (s, n, h, w) in cases {
         let x = rng.tensor([n, s.in_channels, h, w]);

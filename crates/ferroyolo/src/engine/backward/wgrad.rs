@@ -11,7 +11,8 @@
 //! Blocking: the pixels are cut into pieces of about [`PIECE`] (several small images together, or
 //! part of a large one). Within a piece, a block of 6 tap runs stays in L1 while every output
 //! channel's `dy` run streams past it from L2; the accumulators are reduced into `dW` at the end of
-//! each piece. Pieces are split over the threads, each summing into its own copy of `dW`.
+//! each piece. Runs of pieces are spread over the threads, each run summing into its own copy of
+//! `dW`.
 
 use super::super::conv::PhaseLayout;
 use super::super::tensor::Tensor;
@@ -35,29 +36,29 @@ struct Piece {
     len: usize,
 }
 
-/// Cuts `n` images of `len` pixels into pieces of about [`PIECE`] pixels.
-fn pieces(n: usize, len: usize) -> Vec<Piece> {
+/// Cuts `n` images of `len` pixels into pieces of about [`PIECE`] pixels, and at least
+/// `min_pieces` of them (so that small maps, e.g. 8 images of 10×10, still keep every thread busy).
+fn pieces(n: usize, len: usize, min_pieces: usize) -> Vec<Piece> {
+    if n == 0 || len == 0 {
+        return Vec::new();
+    }
+    // Images per piece (small maps) and pieces per image (large maps).
+    let per = if len >= PIECE { 1 } else { (PIECE / len).clamp(1, n.div_ceil(min_pieces).max(1)) };
+    let groups = n.div_ceil(per);
+    let count = len.div_ceil(PIECE).max(min_pieces.div_ceil(groups)).min(len.div_ceil(16)).max(1);
+    // Piece boundaries at multiples of 16, so only an image's last piece has a masked tail.
+    let step = len.div_ceil(count).next_multiple_of(16);
     let mut out = Vec::new();
-    if len >= PIECE {
-        let count = len.div_ceil(PIECE);
-        // Piece boundaries at multiples of 16, so only an image's last piece has a masked tail.
-        let step = len.div_ceil(count).next_multiple_of(16);
-        for img in 0..n {
-            let mut start = 0;
-            while start < len {
-                let l = step.min(len - start);
-                out.push(Piece { images: img..img + 1, start, len: l });
-                start += l;
-            }
+    let mut img = 0;
+    while img < n {
+        let end = (img + per).min(n);
+        let mut start = 0;
+        while start < len {
+            let l = step.min(len - start);
+            out.push(Piece { images: img..end, start, len: l });
+            start += l;
         }
-    } else {
-        let per = (PIECE / len).max(1);
-        let mut img = 0;
-        while img < n {
-            let end = (img + per).min(n);
-            out.push(Piece { images: img..end, start: 0, len });
-            img = end;
-        }
+        img = end;
     }
     out
 }
@@ -82,12 +83,14 @@ fn weight_grad_avx512(shape: ConvShape, x: &Planes, dy: &Tensor) -> Vec<f32> {
     let direct = k == 1 && s == 1 && p == 0;
     let (ho, wo, wq, nq) = (layout.ho, layout.wo, layout.wq, layout.nq);
     let len = if direct { ho * wo } else { nq };
-    let work = pieces(x.n, len);
-    let threads = num_threads().min(work.len()).max(1);
+    let work = pieces(x.n, len, num_threads());
+    // A few items per thread, claimed dynamically, so that a thread that loses its core for a
+    // while (or a short last piece) does not hold up the other; each item sums into its own dW.
+    let items = (4 * num_threads()).min(work.len()).max(1);
     let wlen = shape.weight_len();
-    let mut partial = vec![0.0f32; threads * wlen];
+    let mut partial = vec![0.0f32; items * wlen];
     let one = |t: usize, dw: &mut [f32]| {
-        let my = &work[t * work.len() / threads..(t + 1) * work.len() / threads];
+        let my = &work[t * work.len() / items..(t + 1) * work.len() / items];
         // Images whose layouts a piece may need at once.
         let most = my.iter().map(|pc| pc.images.len()).max().unwrap_or(1);
         let (x_len, dy_len) = if direct { (0, 0) } else { (most * cin * layout.per_channel, most * cout * nq) };
@@ -150,7 +153,7 @@ fn weight_grad_avx512(shape: ConvShape, x: &Planes, dy: &Tensor) -> Vec<f32> {
             })
         });
     };
-    for_chunks_mut(&mut partial, wlen, threads > 1, &one);
+    for_chunks_mut(&mut partial, wlen, items > 1, &one);
     let (sum, rest) = partial.split_at_mut(wlen);
     for other in rest.chunks(wlen) {
         sum.iter_mut().zip(other).for_each(|(a, b)| *a += b);
