@@ -8,6 +8,7 @@
 //! - [`predict`]: the user-facing [`Yolo`] API and post-processing into detections.
 //! - [`output`]: detections out (annotated images, label files, JSON).
 
+pub mod compress;
 pub mod data;
 pub mod engine;
 pub mod model;

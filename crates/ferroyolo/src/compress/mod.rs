@@ -1,0 +1,3 @@
+//! Making models smaller and faster: pruning ([`prune`]).
+
+pub mod prune;
