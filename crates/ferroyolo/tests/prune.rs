@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ferroyolo::compress::prune::{channel_groups, prune_channels, prune_unstructured, ChannelCriterion, SparsityScope};
+use ferroyolo::compress::prune::{channel_groups, prune_channels, prune_channels_with, prune_unstructured, ChannelCriterion, ChannelPruneOptions, SparsityScope};
 use ferroyolo::data::npy::read_npy;
 use ferroyolo::engine::Tensor;
 use ferroyolo::model::{self, HeadMode, HeadOutput};
@@ -163,6 +163,41 @@ fn pruning_dead_channels_keeps_the_outputs() {
         let (live, _) = prune_channels(&src, ratio, ChannelCriterion::BnScale).unwrap();
         let d = max_diff(&run(&src, &x, HeadMode::OneToOne), &run(&live, &x, HeadMode::OneToOne));
         assert!(d > 1e-2, "{name}: pruning live channels changed nothing ({d})");
+    }
+}
+
+/// Channels with `γ = 0` output the constant `act(β)` (residual chains excepted); compensation moves that constant into the
+/// consumers, so removing them changes the outputs far less than dropping them as zeros (exact
+/// but for the zero-padded borders of 3×3 consumers).
+#[test]
+fn compensation_keeps_constant_channels_contribution() {
+    let fx = ferroyolo::fixtures_or_skip!();
+    let src = load(&fx, "yolo26n-coco");
+    let mut constant = src.clone();
+    for g in channel_groups(&src).unwrap() {
+        let k = (g.width as f64 * 0.3).round() as usize;
+        let chosen: Vec<usize> = (0..k).map(|j| (j * 7 + 3) % g.width).collect();
+        for (prefix, offset) in g.producers.iter().map(|(p, o)| (p.as_str(), *o)).chain(g.passthrough.iter().map(|p| (p.as_str(), 0))) {
+            set(&mut constant, &format!("{prefix}.bn.weight"), |v| chosen.iter().for_each(|&c| v[offset + c] = 0.0));
+            // Residual chains are not compensated: make their channels dead (0) instead.
+            if g.producers.len() > 1 {
+                set(&mut constant, &format!("{prefix}.bn.bias"), |v| chosen.iter().for_each(|&c| v[offset + c] = 0.0));
+            }
+        }
+    }
+    let x = input(&fx);
+    let reference = run(&constant, &x, HeadMode::OneToOne);
+    let prune = |compensate| prune_channels_with(&constant, &ChannelPruneOptions { ratio: 0.3, criterion: ChannelCriterion::BnScale, multiple: 1, compensate }).unwrap().0;
+    let (with, without) = (prune(true), prune(false));
+    let d_with = max_diff(&reference, &run(&with, &x, HeadMode::OneToOne));
+    let d_without = max_diff(&reference, &run(&without, &x, HeadMode::OneToOne));
+    assert!(d_with < 0.2 * d_without, "compensated {d_with}, plain {d_without}");
+    // Compensation only shifts BatchNorm means and biases: the weights are the plain pruning's.
+    for ((n, a), (_, b)) in with.tensors.iter().zip(&without.tensors) {
+        assert_eq!(a.shape, b.shape, "{n}");
+        if n.ends_with("weight") {
+            assert_eq!(a.values, b.values, "{n}");
+        }
     }
 }
 

@@ -217,6 +217,8 @@ pub struct ChannelGroup {
     pub consumers: Vec<(String, usize)>,
     /// Groups sharing a tie number keep the same number of channels (they must keep one width).
     pub tie: Option<usize>,
+    /// The producers have no activation (SPPF's cv1); otherwise SiLU.
+    pub linear: bool,
 }
 
 /// The groups of one checkpoint, in layer order.
@@ -234,6 +236,7 @@ pub fn channel_groups(ckpt: &Checkpoint) -> Result<Vec<ChannelGroup>> {
                 let c_ = b.width(&format!("{p}.cv1"))?;
                 let consumers = (0..=n).map(|k| (format!("{p}.cv2.conv.weight"), k * c_)).collect();
                 b.push(format!("{p}.cv1 (SPPF pyramid)"), c_, vec![(format!("{p}.cv1"), 0)], vec![], consumers, None);
+                b.groups.last_mut().expect("just pushed").linear = true;
             }
             &LayerSpec::C2psa { n, .. } => {
                 // cv1's halves are the PSA residual stream (attention-shaped) and its twin.
@@ -289,7 +292,7 @@ impl GroupBuilder<'_> {
     }
 
     fn push(&mut self, name: String, width: usize, producers: Vec<(String, usize)>, passthrough: Vec<String>, consumers: Vec<(String, usize)>, tie: Option<usize>) {
-        self.groups.push(ChannelGroup { name, width, producers, passthrough, consumers, tie });
+        self.groups.push(ChannelGroup { name, width, producers, passthrough, consumers, tie, linear: false });
     }
 
     /// One conv's outputs read by one conv.
@@ -317,6 +320,7 @@ impl GroupBuilder<'_> {
             passthrough: vec![],
             consumers: vec![],
             tie,
+            linear: false,
         };
         let mut k = 0;
         while self.has(&format!("{q}.m.{k}.cv1")) {
@@ -334,6 +338,7 @@ impl GroupBuilder<'_> {
                     passthrough: vec![],
                     consumers: vec![],
                     tie,
+                    linear: false,
                 };
             }
             k += 1;
@@ -369,6 +374,7 @@ impl GroupBuilder<'_> {
             passthrough: vec![],
             consumers: vec![(cv2.clone(), c)],
             tie,
+            linear: false,
         };
         for j in 0..n {
             let q = format!("{p}.m.{j}");
@@ -385,6 +391,7 @@ impl GroupBuilder<'_> {
                     passthrough: vec![],
                     consumers: vec![(cv2.clone(), cat_offset)],
                     tie,
+                    linear: false,
                 };
             } else {
                 self.bottleneck_hidden(&q)?;
@@ -402,6 +409,7 @@ impl GroupBuilder<'_> {
                         passthrough: vec![],
                         consumers: vec![(cv2.clone(), cat_offset)],
                         tie,
+                        linear: false,
                     };
                 }
             }
@@ -454,6 +462,12 @@ pub struct ChannelPruneOptions {
     /// Round every kept width up to a multiple of this (1: no rounding). Multiples of 8 suit the
     /// SIMD kernels; rounding keeps a few more channels than `ratio` asks.
     pub multiple: usize,
+    /// Fold each removed channel's typical output (its BatchNorm shift through the activation,
+    /// which is what a low-`γ` channel nearly always outputs) into the consumers' BatchNorm mean
+    /// or bias, instead of dropping it as if it were zero. Exact for constant channels except at
+    /// the zero-padded borders of 3×3 consumers; the kept weights stay the source's. Channels
+    /// of residual chains (several producers) are not compensated.
+    pub compensate: bool,
 }
 
 /// One group in a [`PruneReport`].
@@ -503,9 +517,9 @@ impl fmt::Display for PruneReport {
     }
 }
 
-/// [`prune_channels_with`] with kept widths not rounded.
+/// [`prune_channels_with`] as a pure selection: kept widths not rounded, no compensation.
 pub fn prune_channels(ckpt: &Checkpoint, ratio: f64, criterion: ChannelCriterion) -> Result<(Checkpoint, PruneReport)> {
-    prune_channels_with(ckpt, &ChannelPruneOptions { ratio, criterion, multiple: 1 })
+    prune_channels_with(ckpt, &ChannelPruneOptions { ratio, criterion, multiple: 1, compensate: false })
 }
 
 /// Removes the fraction `ratio` of the channels of every [`ChannelGroup`] (the lowest by
@@ -544,6 +558,8 @@ pub fn prune_channels_with(ckpt: &Checkpoint, opts: &ChannelPruneOptions) -> Res
 
     // Tensor name → (rows to drop, input channels to drop), absolute indices.
     let mut drops: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = HashMap::new();
+    // Tensor name → values added (consumers' BatchNorm mean or bias), for compensation.
+    let mut shifts: HashMap<String, Vec<f32>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(groups.len());
     for g in &groups {
         let kept = keep_of(g.width);
@@ -569,10 +585,25 @@ pub fn prune_channels_with(ckpt: &Checkpoint, opts: &ChannelPruneOptions) -> Res
         for (weight, offset) in &g.consumers {
             drops.entry(weight.clone()).or_default().1.extend(removed.iter().map(|r| offset + r));
         }
+        // Residual groups are left out: their consumers along the chain see different partial
+        // sums of the producers, which one value per channel cannot describe.
+        if opts.compensate && g.producers.len() == 1 {
+            let typical = typical_outputs(ckpt, g, &removed).with_context(|| format!("{src}: compensating '{}'", g.name))?;
+            for (weight, offset) in &g.consumers {
+                let (target, delta) = consumer_shift(ckpt, weight, *offset, &removed, &typical)?;
+                let acc = shifts.entry(target).or_insert_with(|| vec![0.0; delta.len()]);
+                acc.iter_mut().zip(&delta).for_each(|(a, d)| *a += d);
+            }
+        }
     }
 
     let mut out = ckpt.clone();
     for (name, t) in &mut out.tensors {
+        // Shifts first: they are indexed by the consumer's full output width.
+        if let Some(delta) = shifts.remove(name.as_str()) {
+            let TensorValues::F32(v) = &mut t.values else { bail!("{src}: '{name}' is not floating point") };
+            v.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
+        }
         if let Some((rows, inputs)) = drops.remove(name.as_str()) {
             drop_channels(t, 0, &rows).with_context(|| format!("{src}: '{name}' output channels"))?;
             drop_channels(t, 1, &inputs).with_context(|| format!("{src}: '{name}' input channels"))?;
@@ -593,6 +624,50 @@ pub fn prune_channels_with(ckpt: &Checkpoint, opts: &ChannelPruneOptions) -> Res
         flops_after: flops(&after_model),
     };
     Ok((out, report))
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// What each removed channel of `g` typically outputs: at the BatchNorm input's running mean
+/// every producer outputs `act(β)`; the sum goes through the depthwise pass-throughs (whose
+/// interior sees a constant map).
+fn typical_outputs(ckpt: &Checkpoint, g: &ChannelGroup, removed: &[usize]) -> Result<Vec<f32>> {
+    let act = |x: f32| if g.linear { x } else { silu(x) };
+    let mut out = vec![0.0f32; removed.len()];
+    for (prefix, offset) in &g.producers {
+        let beta = f32_values(ckpt, &format!("{prefix}.bn.bias"))?;
+        out.iter_mut().zip(removed).for_each(|(o, &r)| *o += act(beta[offset + r]));
+    }
+    for prefix in &g.passthrough {
+        let w = f32_values(ckpt, &format!("{prefix}.conv.weight"))?;
+        let [gamma, beta, mean, var] = ["weight", "bias", "running_mean", "running_var"].map(|k| f32_values(ckpt, &format!("{prefix}.bn.{k}")));
+        let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
+        let per = w.len() / gamma.len();
+        for (o, &r) in out.iter_mut().zip(removed) {
+            let z = *o * w[r * per..(r + 1) * per].iter().sum::<f32>();
+            *o = silu((z - mean[r]) * gamma[r] / (var[r] + BN_EPS).sqrt() + beta[r]);
+        }
+    }
+    Ok(out)
+}
+
+/// How much the consumer `weight` (reading the group at `offset`) loses per output channel when
+/// the `removed` channels, outputting `typical`, go: returned as the tensor to add it to (the
+/// BatchNorm running mean, negated, or the bias) and the values to add.
+fn consumer_shift(ckpt: &Checkpoint, weight: &str, offset: usize, removed: &[usize], typical: &[f32]) -> Result<(String, Vec<f32>)> {
+    let t = ckpt.tensor(weight).ok_or_else(|| anyhow!("{}: tensor '{weight}' is missing", ckpt.source.display()))?;
+    let w = f32_values(ckpt, weight)?;
+    let (outs, ins) = (t.shape[0], t.shape[1]);
+    let k: usize = t.shape[2..].iter().product();
+    let lost: Vec<f32> = (0..outs)
+        .map(|o| removed.iter().zip(typical).map(|(&r, &m)| m * w[(o * ins + offset + r) * k..][..k].iter().sum::<f32>()).sum())
+        .collect();
+    Ok(match weight.strip_suffix(".conv.weight") {
+        Some(prefix) => (format!("{prefix}.bn.running_mean"), lost.iter().map(|v| -v).collect()),
+        None => (format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(weight)), lost),
+    })
 }
 
 /// The per-output-channel tensors of the Conv block `prefix`.
