@@ -4,6 +4,7 @@
 mod args;
 mod info;
 mod predict;
+mod prune;
 mod synthetic;
 mod train;
 mod val;
@@ -30,6 +31,8 @@ enum Command {
     Val(val::ValArgs),
     /// Learn weights on a labelled dataset (fine-tune a checkpoint or start from a config).
     Train(Box<train::TrainCliArgs>),
+    /// Prune a model: remove channels (smaller, faster) or zero weights, and compare before/after.
+    Prune(prune::PruneArgs),
     /// Write a synthetic shapes dataset with exact labels (for training from scratch).
     Synthetic(synthetic::SyntheticArgs),
 }
@@ -43,6 +46,7 @@ fn main() {
         Command::Val(a) => val::run(a),
         Command::Train(a) => train::run(*a),
         Command::Synthetic(a) => synthetic::run(a),
+        Command::Prune(a) => prune::run(a),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

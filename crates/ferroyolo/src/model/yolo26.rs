@@ -118,6 +118,14 @@ pub fn fold_batchnorm(weight: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
     (w, b)
 }
 
+/// Output channels of the convolution `weight_name` as the checkpoint stores it, or `fallback`
+/// (the config's width) when the store does not say. Hidden widths come from the weights so that
+/// a channel-pruned checkpoint, whose inner widths no longer follow the config, loads; the
+/// consumers' input widths are then checked against them.
+fn stored_width(ws: &dyn WeightStore, weight_name: &str, fallback: usize) -> usize {
+    ws.shape_of(weight_name).and_then(|s| s.first().copied()).unwrap_or(fallback)
+}
+
 /// Plain Conv2d with bias (the last 1×1 convolution of each Detect branch).
 #[derive(Clone, Debug)]
 pub struct BiasConv {
@@ -161,7 +169,7 @@ pub struct Bottleneck {
 
 impl Bottleneck {
     fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, shortcut: bool, e: f64) -> Result<Self> {
-        let c_ = (c2 as f64 * e) as usize;
+        let c_ = stored_width(ws, &format!("{p}.cv1.conv.weight"), (c2 as f64 * e) as usize);
         Ok(Self {
             cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 3, 1, 1, true)?,
             cv2: ConvBn::load(ws, &format!("{p}.cv2"), c_, c2, 3, 1, 1, true)?,
@@ -193,12 +201,14 @@ pub struct C3k {
 
 impl C3k {
     fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, n: usize, shortcut: bool) -> Result<Self> {
-        let c_ = c2 / 2;
+        // The two halves (cv1 → m, cv2) have the same width unless pruning narrowed them.
+        let c_a = stored_width(ws, &format!("{p}.cv1.conv.weight"), c2 / 2);
+        let c_b = stored_width(ws, &format!("{p}.cv2.conv.weight"), c2 / 2);
         Ok(Self {
-            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 1, 1, 1, true)?,
-            cv2: ConvBn::load(ws, &format!("{p}.cv2"), c1, c_, 1, 1, 1, true)?,
-            cv3: ConvBn::load(ws, &format!("{p}.cv3"), 2 * c_, c2, 1, 1, 1, true)?,
-            m: (0..n).map(|i| Bottleneck::load(ws, &format!("{p}.m.{i}"), c_, c_, shortcut, 1.0)).collect::<Result<_>>()?,
+            cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_a, 1, 1, 1, true)?,
+            cv2: ConvBn::load(ws, &format!("{p}.cv2"), c1, c_b, 1, 1, 1, true)?,
+            cv3: ConvBn::load(ws, &format!("{p}.cv3"), c_a + c_b, c2, 1, 1, 1, true)?,
+            m: (0..n).map(|i| Bottleneck::load(ws, &format!("{p}.m.{i}"), c_a, c_a, shortcut, 1.0)).collect::<Result<_>>()?,
         })
     }
 
@@ -268,11 +278,12 @@ pub struct PsaBlock {
 
 impl PsaBlock {
     fn load(ws: &mut dyn WeightStore, p: &str, c: usize) -> Result<Self> {
+        let hidden = stored_width(ws, &format!("{p}.ffn.0.conv.weight"), 2 * c);
         Ok(Self {
             attn: Attention::load(ws, &format!("{p}.attn"), c, (c / 64).max(1))?,
             ffn: [
-                ConvBn::load(ws, &format!("{p}.ffn.0"), c, 2 * c, 1, 1, 1, true)?,
-                ConvBn::load(ws, &format!("{p}.ffn.1"), 2 * c, c, 1, 1, 1, false)?,
+                ConvBn::load(ws, &format!("{p}.ffn.0"), c, hidden, 1, 1, 1, true)?,
+                ConvBn::load(ws, &format!("{p}.ffn.1"), hidden, c, 1, 1, 1, false)?,
             ],
         })
     }
@@ -331,7 +342,7 @@ pub struct C3k2 {
 impl C3k2 {
     #[allow(clippy::too_many_arguments)]
     fn load(ws: &mut dyn WeightStore, p: &str, c1: usize, c2: usize, n: usize, c3k: bool, e: f64, attn: bool, shortcut: bool) -> Result<Self> {
-        let c = (c2 as f64 * e) as usize;
+        let c = stored_width(ws, &format!("{p}.cv1.conv.weight"), 2 * ((c2 as f64 * e) as usize)) / 2;
         // Registration (state_dict) order: cv1, cv2, then the inner blocks.
         let cv1 = ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?;
         let cv2 = ConvBn::load(ws, &format!("{p}.cv2"), (2 + n) * c, c2, 1, 1, 1, true)?;
@@ -479,18 +490,20 @@ impl Detect {
             let mut cls = DetectBranch { hidden: vec![], out: vec![] };
             let (bname, cname) = (format!("{p}.{name}cv2"), format!("{p}.{name}cv3"));
             for (i, &c) in ch.iter().enumerate() {
-                boxes.hidden.push(vec![
-                    ConvBn::load(ws, &format!("{bname}.{i}.0"), c, c2, 3, 1, 1, true)?,
-                    ConvBn::load(ws, &format!("{bname}.{i}.1"), c2, c2, 3, 1, 1, true)?,
-                ]);
-                boxes.out.push(BiasConv::load(ws, &format!("{bname}.{i}.2"), c2, 4)?);
+                // Hidden widths per level and branch as stored (channel pruning narrows each).
+                let (b0, b1) = (format!("{bname}.{i}.0"), format!("{bname}.{i}.1"));
+                let (w0, w1) = (stored_width(ws, &format!("{b0}.conv.weight"), c2), stored_width(ws, &format!("{b1}.conv.weight"), c2));
+                boxes.hidden.push(vec![ConvBn::load(ws, &b0, c, w0, 3, 1, 1, true)?, ConvBn::load(ws, &b1, w0, w1, 3, 1, 1, true)?]);
+                boxes.out.push(BiasConv::load(ws, &format!("{bname}.{i}.2"), w1, 4)?);
+                let (k0, k1) = (format!("{cname}.{i}.0.1"), format!("{cname}.{i}.1.1"));
+                let (v0, v1) = (stored_width(ws, &format!("{k0}.conv.weight"), c3), stored_width(ws, &format!("{k1}.conv.weight"), c3));
                 cls.hidden.push(vec![
                     ConvBn::load(ws, &format!("{cname}.{i}.0.0"), c, c, 3, 1, c, true)?,
-                    ConvBn::load(ws, &format!("{cname}.{i}.0.1"), c, c3, 1, 1, 1, true)?,
-                    ConvBn::load(ws, &format!("{cname}.{i}.1.0"), c3, c3, 3, 1, c3, true)?,
-                    ConvBn::load(ws, &format!("{cname}.{i}.1.1"), c3, c3, 1, 1, 1, true)?,
+                    ConvBn::load(ws, &k0, c, v0, 1, 1, 1, true)?,
+                    ConvBn::load(ws, &format!("{cname}.{i}.1.0"), v0, v0, 3, 1, v0, true)?,
+                    ConvBn::load(ws, &k1, v0, v1, 1, 1, 1, true)?,
                 ]);
-                cls.out.push(BiasConv::load(ws, &format!("{cname}.{i}.2"), c3, nc)?);
+                cls.out.push(BiasConv::load(ws, &format!("{cname}.{i}.2"), v1, nc)?);
             }
             Ok((boxes, cls))
         };
@@ -634,7 +647,7 @@ impl Yolo26 {
                 &LayerSpec::Conv { c1, c2, k, s } => Layer::Conv(ConvBn::load(ws, &p, c1, c2, k, s, 1, true)?),
                 &LayerSpec::C3k2 { c1, c2, n, c3k, e, attn, shortcut } => Layer::C3k2(C3k2::load(ws, &p, c1, c2, n, c3k, e, attn, shortcut)?),
                 &LayerSpec::Sppf { c1, c2, k, n, shortcut } => {
-                    let c_ = c1 / 2;
+                    let c_ = stored_width(ws, &format!("{p}.cv1.conv.weight"), c1 / 2);
                     Layer::Sppf(Sppf {
                         cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, c_, 1, 1, 1, false)?,
                         cv2: ConvBn::load(ws, &format!("{p}.cv2"), c_ * (n + 1), c2, 1, 1, 1, true)?,
@@ -644,7 +657,7 @@ impl Yolo26 {
                     })
                 }
                 &LayerSpec::C2psa { c1, c2, n, e } => {
-                    let c = (c1 as f64 * e) as usize;
+                    let c = stored_width(ws, &format!("{p}.cv1.conv.weight"), 2 * ((c1 as f64 * e) as usize)) / 2;
                     Layer::C2psa(C2psa {
                         c,
                         cv1: ConvBn::load(ws, &format!("{p}.cv1"), c1, 2 * c, 1, 1, 1, true)?,

@@ -113,6 +113,16 @@ pub(crate) fn strip(path: &Path) -> Result<()> {
 /// A pretrained checkpoint adapted to a dataset's classes by the reference's transfer rules.
 pub(crate) fn adapt_to_dataset(ckpt: Checkpoint, names: &[String], seed: u64, verbose: bool) -> Result<Checkpoint> {
     let (out, report) = transfer(&ckpt, &TargetSpec::new(names.len(), names.to_vec()), seed)?;
+    // A model whose own shapes differ from its config (channel-pruned) would come back at the
+    // config's widths with those tensors fresh. When the classes are already the dataset's and
+    // the checkpoint builds as it is, it is the starting point itself.
+    let narrowed = report.fresh.iter().any(|n| ckpt.tensors.iter().any(|(m, _)| m == n));
+    if narrowed && ckpt.names == names && model::from_checkpoint(&ckpt).is_ok() {
+        if verbose {
+            eprintln!("Starting from {} as it is: its tensor shapes differ from its config (pruned), its classes are the dataset's", ckpt.source.display());
+        }
+        return Ok(ckpt);
+    }
     if verbose {
         eprintln!("{report}");
     }
