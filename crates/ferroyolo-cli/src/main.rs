@@ -5,6 +5,7 @@ mod args;
 mod info;
 mod predict;
 mod prune;
+mod quantize;
 mod synthetic;
 mod train;
 mod val;
@@ -33,6 +34,8 @@ enum Command {
     Train(Box<train::TrainCliArgs>),
     /// Prune a model: remove channels (smaller, faster) or zero weights, and compare before/after.
     Prune(prune::PruneArgs),
+    /// Quantize a model to INT8 (calibrated on images) or store its weights in fp16/bf16.
+    Quantize(quantize::QuantizeArgs),
     /// Write a synthetic shapes dataset with exact labels (for training from scratch).
     Synthetic(synthetic::SyntheticArgs),
 }
@@ -47,6 +50,7 @@ fn main() {
         Command::Train(a) => train::run(*a),
         Command::Synthetic(a) => synthetic::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

@@ -1,5 +1,6 @@
 //! Making models smaller and faster, and showing what that costs: inspecting weights
-//! ([`report`]) and pruning them ([`prune`]).
+//! ([`report`]), pruning them ([`prune`]) and quantizing them to INT8 ([`quantize`]).
 
 pub mod prune;
+pub mod quantize;
 pub mod report;

@@ -5,12 +5,17 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::weights::{Checkpoint, TensorKind, TensorValues};
+use crate::weights::{Checkpoint, DType, TensorKind, TensorValues};
 
 /// A source of named weights, consumed while the model is built.
 pub trait WeightStore {
     /// Takes the tensor `name`, which must have exactly `shape`.
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// Takes the int8 tensor `name` (quantized weights), which must have exactly `shape`.
+    fn take_i8(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
+        let _ = shape;
+        bail!("tensor '{name}': this weight source holds no int8 tensors")
+    }
     /// Marks a tensor the model does not need as consumed (e.g. `num_batches_tracked`).
     fn skip(&mut self, name: &str);
     /// The shape of `name`, if present (for sizes a checkpoint decides, like the class-branch width).
@@ -45,7 +50,7 @@ impl ParamRecord {
 pub fn role_of(name: &str) -> ParamRole {
     if name.contains(".bn.") {
         ParamRole::BatchNorm
-    } else if name.ends_with(".bias") {
+    } else if name.ends_with(".bias") || name.ends_with(".qbias") {
         ParamRole::Bias
     } else {
         ParamRole::Weight
@@ -84,6 +89,24 @@ impl WeightStore for CheckpointStore<'_> {
         if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
             bail!("{src}: tensor '{name}' holds a non-finite value at element {bad}");
         }
+        if t.kind == TensorKind::Parameter {
+            self.params.push(ParamRecord { name: name.to_string(), shape: shape.to_vec(), role: role_of(name) });
+        }
+        self.used.insert(name.to_string());
+        Ok(values)
+    }
+
+    fn take_i8(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
+        let src = self.ckpt.source.display();
+        let &i = self.index.get(name).ok_or_else(|| anyhow!("{src}: tensor '{name}' is missing (expected shape {shape:?})"))?;
+        let t = &self.ckpt.tensors[i].1;
+        if t.shape != shape {
+            bail!("{src}: tensor '{name}' has shape {:?}, the model config needs {shape:?}", t.shape);
+        }
+        let (DType::I8, TensorValues::I64(v)) = (t.dtype, &t.values) else {
+            bail!("{src}: tensor '{name}' is {}, expected int8", t.dtype);
+        };
+        let values = v.iter().map(|&x| i8::try_from(x)).collect::<Result<Vec<i8>, _>>().map_err(|_| anyhow!("{src}: tensor '{name}' holds a value outside int8"))?;
         if t.kind == TensorKind::Parameter {
             self.params.push(ParamRecord { name: name.to_string(), shape: shape.to_vec(), role: role_of(name) });
         }

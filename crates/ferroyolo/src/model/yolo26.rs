@@ -5,10 +5,14 @@
 //! and channel surgery can work on the same structures; for inference each Conv+BatchNorm pair is
 //! also folded into a single engine convolution when it is loaded.
 
-use anyhow::{bail, Result};
+use std::cell::RefCell;
+use std::ops::Range;
+
+use anyhow::{bail, Context, Result};
 
 use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
+use crate::engine::int8::{quantize_parts, QConv2d, QParams};
 use crate::engine::{self, Activation, Conv2d, Tensor};
 
 /// BatchNorm epsilon used by every YOLO26 BatchNorm layer.
@@ -33,11 +37,57 @@ pub struct ConvBn {
     pub act: Activation,
     /// The same layer with BatchNorm folded in, used for inference.
     folded: Conv2d,
+    /// When set, inference runs this INT8 convolution instead of `folded` (a post-training
+    /// quantized model; see `compress::quantize`).
+    pub int8: Option<Box<Int8Conv>>,
+}
+
+/// The INT8 execution of a [`ConvBn`]: its folded weights quantized per output channel and the
+/// calibrated range of its input. The input is quantized on entry and the output leaves the
+/// kernel's fused epilogue (bias, activation) in f32.
+#[derive(Clone, Debug)]
+pub struct Int8Conv {
+    pub conv: QConv2d,
+    pub input: QParams,
+}
+
+/// Sees the input of every [`ConvBn`] that runs on this thread (for calibration), as the parts of
+/// its input channels.
+pub type ConvInputObserver = Box<dyn FnMut(&ConvBn, &[(&Tensor, Range<usize>)])>;
+
+thread_local! {
+    static CONV_INPUT_OBSERVER: RefCell<Option<ConvInputObserver>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `observer` seeing every convolution input on this thread (the model's forward
+/// runs its layers on the calling thread), then removes it, also when `f` panics.
+pub fn with_conv_input_observer<R>(observer: ConvInputObserver, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CONV_INPUT_OBSERVER.with(|o| o.borrow_mut().take());
+        }
+    }
+    CONV_INPUT_OBSERVER.with(|o| *o.borrow_mut() = Some(observer));
+    let _reset = Reset;
+    f()
+}
+
+fn observe_conv_input(conv: &ConvBn, parts: &[(&Tensor, Range<usize>)]) {
+    CONV_INPUT_OBSERVER.with(|o| {
+        if let Some(f) = o.borrow_mut().as_mut() {
+            f(conv, parts);
+        }
+    });
 }
 
 impl ConvBn {
     #[allow(clippy::too_many_arguments)]
     fn load(ws: &mut dyn WeightStore, prefix: &str, c1: usize, c2: usize, k: usize, s: usize, groups: usize, act: bool) -> Result<Self> {
+        let act = if act { Activation::Silu } else { Activation::Identity };
+        if ws.shape_of(&format!("{prefix}.{QWEIGHT}")).is_some() {
+            return Self::load_int8(ws, prefix, c1, c2, k, s, groups, act);
+        }
         let weight = ws.take(&format!("{prefix}.conv.weight"), &[c2, c1 / groups, k, k])?;
         let bn = BatchNorm {
             weight: ws.take(&format!("{prefix}.bn.weight"), &[c2])?,
@@ -49,8 +99,31 @@ impl ConvBn {
         ws.skip(&format!("{prefix}.bn.num_batches_tracked"));
         let (w, b) = fold_batchnorm(&weight, &bn);
         let folded = Conv2d::new(c1, c2, k, s, k / 2, groups, w, Some(b))?;
-        let act = if act { Activation::Silu } else { Activation::Identity };
-        Ok(Self { weight, bn, act, folded })
+        Ok(Self { weight, bn, act, folded, int8: None })
+    }
+
+    /// A quantized layer (see [`Int8Conv`] and the tensor names [`QWEIGHT`]...). Its f32 fields
+    /// hold the dequantized weights (BatchNorm is already folded: an identity BatchNorm), for FLOP
+    /// counts and the float reference.
+    #[allow(clippy::too_many_arguments)]
+    fn load_int8(ws: &mut dyn WeightStore, prefix: &str, c1: usize, c2: usize, k: usize, s: usize, groups: usize, act: Activation) -> Result<Self> {
+        let q = ws.take_i8(&format!("{prefix}.{QWEIGHT}"), &[c2, c1 / groups, k, k])?;
+        let scale = ws.take(&format!("{prefix}.{QSCALE}"), &[c2])?;
+        let bias = ws.take(&format!("{prefix}.{QBIAS}"), &[c2])?;
+        let input = ws.take(&format!("{prefix}.{QINPUT}"), &[2])?;
+        let bad_input = || format!("{prefix}.{QINPUT}: input quantization must be [scale > 0, zero point in 0..=255], got {input:?}");
+        let zp = input[1];
+        if !(0.0..=255.0).contains(&zp) || zp.fract() != 0.0 {
+            bail!(bad_input());
+        }
+        let input_q = QParams::new(input[0], zp as u8).with_context(bad_input)?;
+        let conv = QConv2d::from_quantized(c1, c2, k, s, k / 2, groups, q, scale, bias.clone()).with_context(|| format!("{prefix}: quantized convolution"))?;
+        let per_out = conv.weight().len() / c2;
+        let weight: Vec<f32> = conv.weight().iter().enumerate().map(|(i, &v)| v as f32 * conv.weight_scale()[i / per_out]).collect();
+        let folded = Conv2d::new(c1, c2, k, s, k / 2, groups, weight.clone(), Some(bias.clone()))?;
+        // Folding this BatchNorm again gives `folded` exactly: scale 1/sqrt(1 + 0), shift `bias`.
+        let bn = BatchNorm { weight: vec![1.0; c2], bias, running_mean: vec![0.0; c2], running_var: vec![1.0; c2], eps: 0.0 };
+        Ok(Self { weight, bn, act, folded, int8: Some(Box::new(Int8Conv { conv, input: input_q })) })
     }
 
     /// A layer from its parts (weight `[c2, c1/groups, k, k]`, padding `k / 2` as Ultralytics'
@@ -65,16 +138,21 @@ impl ConvBn {
         }
         let (w, b) = fold_batchnorm(&weight, &bn);
         let folded = Conv2d::new(c1, c2, k, s, k / 2, groups, w, Some(b))?;
-        Ok(Self { weight, bn, act, folded })
+        Ok(Self { weight, bn, act, folded, int8: None })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.folded.forward(x, self.act)
+        self.forward_parts(&[(x, 0..x.shape()[1])])
     }
 
     /// Runs on the channel concatenation of `parts` without materialising it.
-    pub fn forward_parts(&self, parts: &[(&Tensor, std::ops::Range<usize>)]) -> Tensor {
-        self.folded.forward_parts(parts, self.act)
+    pub fn forward_parts(&self, parts: &[(&Tensor, Range<usize>)]) -> Tensor {
+        observe_conv_input(self, parts);
+        match &self.int8 {
+            Some(q) => q.conv.forward(&quantize_parts(parts, q.input), self.act),
+            None if parts.len() == 1 && parts[0].1 == (0..parts[0].0.shape()[1]) => self.folded.forward(parts[0].0, self.act),
+            None => self.folded.forward_parts(parts, self.act),
+        }
     }
 
     /// The folded inference convolution.
@@ -103,6 +181,14 @@ impl ConvBn {
         self.folded.flops(oh, ow)
     }
 }
+
+/// Names (after the layer's prefix) of a quantized [`ConvBn`]'s tensors in ferroyolo's INT8
+/// files, in place of `conv.weight` and `bn.*`: int8 folded weights `[c2, c1/g, k, k]`, f32 scale
+/// per output channel, f32 folded bias, and the input's `[scale, zero point]`.
+pub const QWEIGHT: &str = "conv.qweight";
+pub const QSCALE: &str = "conv.qscale";
+pub const QBIAS: &str = "conv.qbias";
+pub const QINPUT: &str = "conv.qinput";
 
 /// Folds BatchNorm into the preceding convolution: w' = w·γ/σ, b' = β − μ·γ/σ.
 pub fn fold_batchnorm(weight: &[f32], bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {

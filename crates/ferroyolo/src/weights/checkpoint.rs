@@ -22,12 +22,15 @@ pub enum DType {
     F64,
     I64,
     I32,
+    /// Quantized weights (ferroyolo's INT8 files).
+    I8,
 }
 
 impl DType {
     /// Bytes per element.
     pub fn size_bytes(self) -> usize {
         match self {
+            DType::I8 => 1,
             DType::F16 | DType::BF16 => 2,
             DType::F32 | DType::I32 => 4,
             DType::F64 | DType::I64 => 8,
@@ -43,6 +46,7 @@ impl DType {
             DType::F64 => "float64",
             DType::I64 => "int64",
             DType::I32 => "int32",
+            DType::I8 => "int8",
         }
     }
 
@@ -60,12 +64,13 @@ impl DType {
             DType::F64 => "DoubleStorage",
             DType::I64 => "LongStorage",
             DType::I32 => "IntStorage",
+            DType::I8 => "CharStorage",
         }
     }
 
     /// Inverse of [`DType::storage_class`].
     pub fn from_storage_class(name: &str) -> Option<DType> {
-        [DType::F16, DType::BF16, DType::F32, DType::F64, DType::I64, DType::I32]
+        [DType::F16, DType::BF16, DType::F32, DType::F64, DType::I64, DType::I32, DType::I8]
             .into_iter()
             .find(|d| d.storage_class() == name)
     }
@@ -78,6 +83,7 @@ impl DType {
             DType::F64 => safetensors::Dtype::F64,
             DType::I64 => safetensors::Dtype::I64,
             DType::I32 => safetensors::Dtype::I32,
+            DType::I8 => safetensors::Dtype::I8,
         }
     }
 
@@ -89,6 +95,7 @@ impl DType {
             safetensors::Dtype::F64 => DType::F64,
             safetensors::Dtype::I64 => DType::I64,
             safetensors::Dtype::I32 => DType::I32,
+            safetensors::Dtype::I8 => DType::I8,
             _ => return None,
         })
     }
@@ -540,6 +547,10 @@ fn encode(t: &StoredTensor) -> Result<Encoded, String> {
             let narrowed: Result<Vec<i32>, _> = v.iter().map(|&x| i32::try_from(x)).collect();
             narrowed.map_err(|_| "value out of int32 range")?.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
+        (TensorValues::I64(v), DType::I8) => {
+            let narrowed: Result<Vec<i8>, _> = v.iter().map(|&x| i8::try_from(x)).collect();
+            narrowed.map_err(|_| "value out of int8 range")?.iter().map(|&x| x as u8).collect()
+        }
         (_, d) => return Err(format!("values do not match the dtype {d}")),
     };
     Ok(Encoded { dtype: t.dtype.to_safetensors(), shape: t.shape.clone(), data })
@@ -564,6 +575,7 @@ fn decode_le(dtype: DType, bytes: &[u8]) -> TensorValues {
         DType::F64 => TensorValues::F32(conv(bytes, |a| f64::from_le_bytes(a) as f32)),
         DType::I64 => TensorValues::I64(conv(bytes, i64::from_le_bytes)),
         DType::I32 => TensorValues::I64(conv(bytes, |a| i64::from(i32::from_le_bytes(a)))),
+        DType::I8 => TensorValues::I64(bytes.iter().map(|&b| i64::from(b as i8)).collect()),
     }
 }
 

@@ -290,6 +290,7 @@ fn decode(dtype: DType, bytes: &[u8], big_endian: bool) -> TensorValues {
         DType::F64 => TensorValues::F32(conv!(8, |a| f64::from_le_bytes(a) as f32)),
         DType::I64 => TensorValues::I64(conv!(8, i64::from_le_bytes)),
         DType::I32 => TensorValues::I64(conv!(4, |a| i64::from(i32::from_le_bytes(a)))),
+        DType::I8 => TensorValues::I64(bytes.iter().map(|&b| i64::from(b as i8)).collect()),
     }
 }
 

@@ -285,7 +285,24 @@ fn u32_to_f32_vec(v: Vec<u32>) -> Vec<f32> {
 
 /// Quantizes an f32 NCHW tensor (round half to even, saturating; see [`QParams::quantize`]).
 pub fn quantize_tensor(x: &Tensor, params: QParams) -> QTensor {
-    let [n, c, h, w] = x.shape();
+    quantize_parts(&[(x, 0..x.shape()[1])], params)
+}
+
+/// Quantizes the channel concatenation of `parts` (each a tensor and a range of its channels; same
+/// batch and spatial size) without materialising it in f32: the input of a quantized convolution
+/// that reads a concat or a split.
+///
+/// # Panics
+/// If `parts` is empty or the parts differ in batch or spatial size.
+pub fn quantize_parts(parts: &[(&Tensor, std::ops::Range<usize>)], params: QParams) -> QTensor {
+    let [n, _, h, w] = parts.first().expect("quantize_parts: no parts").0.shape();
+    for (t, r) in parts {
+        let [tn, tc, th, tw] = t.shape();
+        assert!(tn == n && th == h && tw == w && r.end <= tc, "quantize_parts: part {:?} (channels {r:?}) does not fit [{n}, _, {h}, {w}]", t.shape());
+    }
+    // Concatenated channel -> (part, channel in that part).
+    let sources: Vec<(usize, usize)> = parts.iter().enumerate().flat_map(|(i, (_, r))| r.clone().map(move |c| (i, c))).collect();
+    let c = sources.len();
     let (plane, groups) = (h * w, c.div_ceil(4));
     let mut data = quad_buffer(n * groups * plane);
     let (inv, zp) = (1.0 / params.scale, params.zero_point as f32);
@@ -297,8 +314,8 @@ pub fn quantize_tensor(x: &Tensor, params: QParams) -> QTensor {
         dst.fill(0);
         for j in 0..4 {
             let ch = 4 * g + j;
-            if ch < c {
-                let src = x.plane(img, ch);
+            if let Some(&(part, pc)) = sources.get(ch) {
+                let src = parts[part].0.plane(img, pc);
                 for (d, &v) in dst.iter_mut().zip(src) {
                     *d |= requantize(v, inv, zp) << (8 * j);
                 }
