@@ -43,8 +43,8 @@ pub struct QuantizeArgs {
     /// int8 (quantized compute), or fp16 / bf16 (half-precision weights, float compute).
     #[arg(long, default_value = "int8", value_parser = ["int8", "fp16", "bf16"])]
     dtype: String,
-    /// Activation range method: percentile (clips the rarest extremes) or minmax.
-    #[arg(long, default_value = "percentile", value_parser = ["percentile", "minmax"])]
+    /// Activation range method: minmax (the full range seen) or percentile (clips the rarest extremes).
+    #[arg(long, default_value = "minmax", value_parser = ["minmax", "percentile"])]
     method: String,
     /// Percentile kept by method=percentile.
     #[arg(long, default_value_t = 99.99)]
@@ -55,6 +55,9 @@ pub struct QuantizeArgs {
     /// Layers kept in float whatever their sensitivity (comma-separated state_dict prefixes, e.g. model.0,model.22).
     #[arg(long, value_delimiter = ',')]
     keep_float: Vec<String>,
+    /// Correct each quantized layer's bias for the mean output shift quantization causes.
+    #[arg(long, default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    bias_correction: bool,
     /// Output file (default `<model stem>-int8.safetensors` beside the input).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -132,6 +135,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 keep_float: a.keep_float.clone(),
                 min_layer_sqnr_db: a.min_sqnr,
                 sensitivity: true,
+                bias_correction: a.bias_correction,
             };
             let t = Instant::now();
             let (q, report) = quantize(&src, &images, &options)?;

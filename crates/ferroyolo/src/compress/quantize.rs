@@ -18,13 +18,14 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Range;
 use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 
-use crate::engine::int8::{QConv2d, QParams};
-use crate::engine::Tensor;
+use crate::engine::int8::{quantize_parts, QConv2d, QParams};
+use crate::engine::{Activation, Tensor};
 use crate::model::train::ModuleMut;
 use crate::model::yolo26::{with_conv_input_observer, ConvBn, Int8Conv, QBIAS, QINPUT, QSCALE, QWEIGHT};
 use crate::model::{self, HeadOutput, Yolo26};
@@ -77,11 +78,13 @@ pub struct QuantizeOptions {
     /// Whether to measure sensitivities at all (without, every layer not in `keep_float` is
     /// quantized).
     pub sensitivity: bool,
+    /// Whether to correct each quantized layer's bias for the mean shift quantization causes.
+    pub bias_correction: bool,
 }
 
 impl Default for QuantizeOptions {
     fn default() -> Self {
-        QuantizeOptions { calibration: Calibration::Percentile(99.99), keep_float: Vec::new(), min_layer_sqnr_db: 30.0, sensitivity: true }
+        QuantizeOptions { calibration: Calibration::MinMax, keep_float: Vec::new(), min_layer_sqnr_db: 30.0, sensitivity: true, bias_correction: true }
     }
 }
 
@@ -242,24 +245,15 @@ fn conv_layers(model: &mut Yolo26) -> Vec<(String, &mut ConvBn)> {
         .collect()
 }
 
-/// Runs `images` through `model` with every convolution input seen by `see(layer index, values)`.
-fn observe_inputs(model: &mut Yolo26, images: &[Tensor], mut see: impl FnMut(usize, &[f32]) + 'static) -> Result<()> {
+/// Runs `images` through `model` with every convolution's input seen by
+/// `see(layer index, layer, input parts)`.
+fn observe_inputs(model: &mut Yolo26, images: &[Tensor], mut see: impl FnMut(usize, &ConvBn, &[(&Tensor, Range<usize>)]) + 'static) -> Result<()> {
     let index: HashMap<usize, usize> = conv_layers(model).into_iter().enumerate().map(|(i, (_, c))| (c as *const ConvBn as usize, i)).collect();
     let missing = Rc::new(RefCell::new(false));
     let flag = missing.clone();
-    let observer = Box::new(move |conv: &ConvBn, parts: &[(&Tensor, std::ops::Range<usize>)]| {
-        let Some(&i) = index.get(&(conv as *const ConvBn as usize)) else {
-            *flag.borrow_mut() = true;
-            return;
-        };
-        for (t, r) in parts {
-            let [n, _, _, _] = t.shape();
-            for img in 0..n {
-                for c in r.clone() {
-                    see(i, t.plane(img, c));
-                }
-            }
-        }
+    let observer = Box::new(move |conv: &ConvBn, parts: &[(&Tensor, Range<usize>)]| match index.get(&(conv as *const ConvBn as usize)) {
+        Some(&i) => see(i, conv, parts),
+        None => *flag.borrow_mut() = true,
     });
     let model: &Yolo26 = model;
     with_conv_input_observer(observer, || {
@@ -269,6 +263,51 @@ fn observe_inputs(model: &mut Yolo26, images: &[Tensor], mut see: impl FnMut(usi
     });
     if *missing.borrow() {
         bail!("calibration saw a convolution that is not among the model's layers");
+    }
+    Ok(())
+}
+
+/// Calls `f` on every channel plane of the input parts.
+fn for_planes(parts: &[(&Tensor, Range<usize>)], mut f: impl FnMut(&[f32])) {
+    for (t, r) in parts {
+        for img in 0..t.shape()[0] {
+            for c in r.clone() {
+                f(t.plane(img, c));
+            }
+        }
+    }
+}
+
+/// Bias correction: the mean per output channel of what quantizing the layer (its input and its
+/// weights) shifts its pre-activation output by, measured on the calibration inputs of the float
+/// model, is added back to its bias.
+fn correct_biases(model: &mut Yolo26, images: &[Tensor], int8: &mut [Int8Conv]) -> Result<()> {
+    let layers: Rc<Vec<Int8Conv>> = Rc::new(int8.to_vec());
+    // Per layer: the summed output shift per channel and the pixels summed over.
+    type Shifts = Vec<(Vec<f64>, u64)>;
+    let sums: Rc<RefCell<Shifts>> = Rc::new(RefCell::new(layers.iter().map(|q| (vec![0.0; q.conv.out_channels()], 0)).collect()));
+    let (l, s) = (layers.clone(), sums.clone());
+    observe_inputs(model, images, move |i, conv, parts| {
+        let q = &l[i];
+        let exact = conv.folded().forward_parts(parts, Activation::Identity);
+        let quant = q.conv.forward(&quantize_parts(parts, q.input), Activation::Identity);
+        let [n, c, h, w] = exact.shape();
+        let mut s = s.borrow_mut();
+        let (acc, count) = &mut s[i];
+        for img in 0..n {
+            for (ch, a) in acc.iter_mut().enumerate().take(c) {
+                *a += exact.plane(img, ch).iter().zip(quant.plane(img, ch)).map(|(e, q)| f64::from(e - q)).sum::<f64>();
+            }
+        }
+        *count += (n * h * w) as u64;
+    })?;
+    for (q, (acc, count)) in int8.iter_mut().zip(sums.borrow().iter()) {
+        if *count == 0 {
+            continue;
+        }
+        let c = &q.conv;
+        let bias: Vec<f32> = c.bias().iter().zip(acc).map(|(b, a)| b + (a / *count as f64) as f32).collect();
+        q.conv = QConv2d::from_quantized(c.in_channels(), c.out_channels(), c.kernel(), c.stride(), c.padding(), c.groups(), c.weight().to_vec(), c.weight_scale().to_vec(), bias)?;
     }
     Ok(())
 }
@@ -314,10 +353,10 @@ pub fn quantize(source: &Checkpoint, images: &[Tensor], options: &QuantizeOption
     let n = conv_layers(&mut model).len();
     let stats = Rc::new(RefCell::new(vec![InputStats::new(); n]));
     let s = stats.clone();
-    observe_inputs(&mut model, images, move |i, v| s.borrow_mut()[i].add_range(v))?;
+    observe_inputs(&mut model, images, move |i, _, parts| for_planes(parts, |v| s.borrow_mut()[i].add_range(v)))?;
     if let Calibration::Percentile(_) = options.calibration {
         let s = stats.clone();
-        observe_inputs(&mut model, images, move |i, v| s.borrow_mut()[i].add_hist(v))?;
+        observe_inputs(&mut model, images, move |i, _, parts| for_planes(parts, |v| s.borrow_mut()[i].add_hist(v)))?;
     }
     let stats = stats.borrow().clone();
 
@@ -333,6 +372,9 @@ pub fn quantize(source: &Checkpoint, images: &[Tensor], options: &QuantizeOption
         let q = QConv2d::quantize(conv.folded()).with_context(|| format!("{name}: quantizing the weights"))?;
         int8.push(Int8Conv { conv: q, input });
         layers.push(LayerQuantization { name, input_range: (lo, hi), input, sqnr_db: None, int8: true });
+    }
+    if options.bias_correction {
+        correct_biases(&mut model, images, &mut int8)?;
     }
     let keep: BTreeSet<usize> = {
         let mut keep = BTreeSet::new();
@@ -439,4 +481,41 @@ pub fn cast_weights(source: &Checkpoint, dtype: DType) -> Result<Checkpoint> {
 /// Whether a checkpoint holds INT8 layers, and how many.
 pub fn int8_layer_count(ckpt: &Checkpoint) -> usize {
     ckpt.tensors.iter().filter(|(n, _)| n.ends_with(QWEIGHT)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(values: &[f32]) -> InputStats {
+        let mut s = InputStats::new();
+        s.add_range(values);
+        s.add_hist(values);
+        s
+    }
+
+    #[test]
+    fn minmax_keeps_the_whole_range_and_percentile_clips_only_the_rare_extremes() {
+        // 10,000 values in [-1, 1] plus one outlier at each end.
+        let mut v: Vec<f32> = (0..10_000).map(|i| -1.0 + 2.0 * i as f32 / 9_999.0).collect();
+        v.extend([-50.0, 80.0]);
+        let s = stats(&v);
+        assert_eq!(s.range(Calibration::MinMax), (-50.0, 80.0));
+        let (lo, hi) = s.range(Calibration::Percentile(99.9));
+        let bin = 130.0 / HIST_BINS as f32;
+        assert!((lo + 1.0).abs() <= bin && (hi - 1.0).abs() <= bin, "({lo}, {hi})");
+        // 100th percentile clips nothing.
+        let (lo, hi) = s.range(Calibration::Percentile(100.0));
+        assert!(lo <= -50.0 && hi >= 80.0 - bin, "({lo}, {hi})");
+        assert!(Calibration::parse("percentile", 20.0).is_err() && Calibration::parse("entropy", 99.0).is_err());
+    }
+
+    #[test]
+    fn sqnr_is_infinite_for_equal_outputs_and_drops_20_db_per_tenfold_noise() {
+        let r = vec![vec![1.0f32, -2.0, 3.0, -4.0]];
+        assert_eq!(sqnr_db(&r, &r), f64::INFINITY);
+        let noisy = |e: f32| vec![r[0].iter().enumerate().map(|(i, v)| v + if i % 2 == 0 { e } else { -e }).collect::<Vec<f32>>()];
+        let (a, b) = (sqnr_db(&r, &noisy(0.01)), sqnr_db(&r, &noisy(0.1)));
+        assert!((a - b - 20.0).abs() < 1e-3, "{a} {b}");
+    }
 }

@@ -237,6 +237,16 @@ pub fn extend_chw_f32(img: &RgbImage, out: &mut Vec<f32>) {
     }
 }
 
+/// A network input `(1, 3, imgsz, imgsz)` of one image letterboxed to the full square (no
+/// minimal-padding rectangle), so that a set of images has one shape: calibration inputs.
+pub fn square_input(img: &RgbImage, imgsz: u32) -> crate::engine::Tensor {
+    let spec = LetterboxSpec { new_shape: (imgsz, imgsz), auto: false, scaleup: true, stride: 32, pad_value: 114 };
+    let (boxed, _) = letterbox(img, &spec);
+    let mut data = Vec::with_capacity(3 * (imgsz * imgsz) as usize);
+    extend_chw_f32(&boxed, &mut data);
+    crate::engine::Tensor::new([1, 3, imgsz as usize, imgsz as usize], data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,12 +391,3 @@ mod tests {
     }
 }
 
-/// A network input `(1, 3, imgsz, imgsz)` of one image letterboxed to the full square (no
-/// minimal-padding rectangle), so that a set of images has one shape: calibration inputs.
-pub fn square_input(img: &RgbImage, imgsz: u32) -> crate::engine::Tensor {
-    let spec = LetterboxSpec { new_shape: (imgsz, imgsz), auto: false, scaleup: true, stride: 32, pad_value: 114 };
-    let (boxed, _) = letterbox(img, &spec);
-    let mut data = Vec::with_capacity(3 * (imgsz * imgsz) as usize);
-    extend_chw_f32(&boxed, &mut data);
-    crate::engine::Tensor::new([1, 3, imgsz as usize, imgsz as usize], data)
-}

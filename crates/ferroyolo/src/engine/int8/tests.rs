@@ -382,3 +382,20 @@ fn epilogue_silu_is_accurate() {
     }
     assert!(worst < 1e-6, "{worst}");
 }
+
+#[test]
+fn quantizing_parts_equals_quantizing_their_concatenation() {
+    let mut rng = Rng::new(11);
+    let mut tensor = |c: usize| Tensor::new([2, c, 5, 3], (0..2 * c * 15).map(|_| 6.0 * rng.uniform() - 3.0).collect());
+    let (a, b) = (tensor(6), tensor(5));
+    let params = QParams::from_min_max(-2.5, 2.0).unwrap();
+    // Channels 1..6 of a, then 0..3 of b: 8 channels, two full quads; then an odd count (a padded quad).
+    for parts in [vec![(&a, 1..6), (&b, 0..3)], vec![(&a, 0..6), (&b, 2..5)], vec![(&b, 0..5)]] {
+        let planes: Vec<f32> = (0..2)
+            .flat_map(|img| parts.iter().flat_map(move |(t, r)| r.clone().flat_map(move |c| t.plane(img, c).to_vec())))
+            .collect();
+        let c = parts.iter().map(|(_, r)| r.len()).sum();
+        let concat = Tensor::new([2, c, 5, 3], planes);
+        assert_eq!(quantize_parts(&parts, params), quantize_tensor(&concat, params));
+    }
+}
