@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::args::parse_bool;
 use ferroyolo::compress::report::{WeightReport, WeightView, DEFAULT_BINS};
+use ferroyolo::compress::quantize::int8_layer_count;
 use ferroyolo::model::{LayerSpec, ParamRole};
 use ferroyolo::output::run_dir::increment_run_dir;
 use ferroyolo::Yolo;
@@ -127,6 +128,17 @@ pub fn run(a: InfoArgs) -> Result<()> {
         a.imgsz,
         train as f64 / 1e9,
     );
+    let int8 = int8_layer_count(yolo.checkpoint());
+    if int8 > 0 {
+        let q = &yolo.checkpoint().metadata["quantization"];
+        let float: Vec<&str> = q["float_layers"].as_array().map(|v| v.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+        println!(
+            "INT8: {int8} convolutions quantized (int8 per-channel weights, uint8 activations; {} calibration on {} images); float: {}",
+            q["calibration"].as_str().unwrap_or("unknown"),
+            q["calibration_images"].as_u64().map_or("?".into(), |n| n.to_string()),
+            if float.is_empty() { "Detect output convolutions".to_string() } else { format!("{} and the Detect output convolutions", float.join(", ")) }
+        );
+    }
     let names = yolo.names();
     println!("{} classes: {}", names.len(), names.iter().enumerate().map(|(i, n)| format!("{i}: {n}")).collect::<Vec<_>>().join(", "));
     if a.weights {
