@@ -8,12 +8,13 @@
 #   THREADS=2 RUNS=30 MAP=1 bench/int8.sh ../shared/fixtures/weights/yolo26n-coco.pt yolo26n-coco-int8.safetensors
 #
 # The first file is the fp32 model: the reference side exports and quantizes it. MAP=1 also
-# scores ONNX Runtime fp32 and INT8 on coco8 val (mAP50-95). PYTHON (default /tmp/ref/bin/python)
+# scores ONNX Runtime fp32 and INT8 on coco8 val (mAP50-95); OPS=body|conv|all chooses what ONNX
+# Runtime quantizes (see bench/reference_int8.py). PYTHON (default /tmp/ref/bin/python)
 # must have ultralytics==8.4.190, onnxruntime, openvino and onnx (see bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 fi
 THREADS=${THREADS:-2}
@@ -33,7 +34,7 @@ for w in "$@"; do
 done
 map_flag=()
 [ "${MAP:-0}" = 1 ] && map_flag=(--map)
-mapfile -t theirs < <(OMP_NUM_THREADS=$THREADS "$PYTHON" bench/reference_int8.py "$1" "$THREADS" "$RUNS" --data "$DATA" "${map_flag[@]}" 2>/dev/null | grep '^{')
+mapfile -t theirs < <(OMP_NUM_THREADS=$THREADS "$PYTHON" bench/reference_int8.py "$1" "$THREADS" "$RUNS" --data "$DATA" --ops "${OPS:-body}" "${map_flag[@]}" 2>/dev/null | grep '^{')
 [ ${#theirs[@]} -gt 0 ] || { echo "int8.sh: bench/reference_int8.py printed no results (run it alone to see why)" >&2; exit 1; }
 
 python3 - "$THREADS" "$RUNS" "${rows[@]}" "${theirs[@]}" <<'PY'

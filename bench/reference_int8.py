@@ -7,9 +7,11 @@ the same INT8 model), each at the same thread count. Prints one JSON line per en
 The ONNX export is the one bench/reference_forward.py times. The INT8 model is
 `onnxruntime.quantization.quantize_static` in QDQ format: weights int8 per output channel,
 activations uint8 (ONNX Runtime's recommended U8S8 on x86), min-max ranges calibrated on the
-dataset's train and val images letterboxed to 640x640 as the reference validates them. Only
-Conv and MatMul are quantized by default, so the box/score decoding stays in float (as
-ferroyolo's INT8 keeps it); `--all-ops` lets ONNX Runtime quantize every op it supports.
+dataset's train and val images letterboxed to 640x640 as the reference validates them.
+`--ops` chooses what is quantized: `body` (default) every op ONNX Runtime supports except the
+Detect layer's box/score decoding, which stays in float as in ferroyolo's INT8; `conv` only Conv
+and MatMul (each activation goes back to float between convolutions); `all` everything ONNX
+Runtime supports (the decoding too, which ruins the boxes).
 `--map` also scores the fp32 and INT8 ONNX models on the dataset's val split with the
 Ultralytics validator (imgsz 640), so the accuracy cost is measured the same way for both.
 
@@ -70,7 +72,15 @@ def letterboxed(path, size):
     return np.ascontiguousarray(x[None])
 
 
-def quantize(fp32_path, int8_path, images, all_ops):
+def decode_nodes(model):
+    """Nodes of the last layer (Detect) outside its convolution branches: the box and score
+    decoding and the top-k of the end-to-end head (the exporter names nodes /model.N/...)."""
+    layer = lambda n: int(n.name.split("/")[1].split(".")[1]) if n.name.startswith("/model.") else -1
+    last = max(layer(n) for n in model.graph.node)
+    return [n.name for n in model.graph.node if layer(n) == last and "cv" not in n.name]
+
+
+def quantize(fp32_path, int8_path, images, ops):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -86,7 +96,8 @@ def quantize(fp32_path, int8_path, images, all_ops):
     # Shape inference and graph cleanup, as ONNX Runtime advises (its symbolic shape inference
     # does not follow the end-to-end head's TopK/gather ops: ONNX's own inference is enough).
     quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-    input_name = onnx.load(prepared).graph.input[0].name
+    prepared_model = onnx.load(prepared)
+    input_name = prepared_model.graph.input[0].name
     quantize_static(
         prepared,
         int8_path,
@@ -96,7 +107,8 @@ def quantize(fp32_path, int8_path, images, all_ops):
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=None if all_ops else ["Conv", "MatMul"],
+        op_types_to_quantize=["Conv", "MatMul"] if ops == "conv" else None,
+        nodes_to_exclude=decode_nodes(prepared_model) if ops == "body" else None,
     )
     # The Ultralytics metadata (names, stride, imgsz...) lets its validator load the INT8 model.
     src, dst = onnx.load(fp32_path), onnx.load(int8_path)
@@ -130,25 +142,31 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "fixtures", "coco8", "data.yaml"))
     ap.add_argument("--map", action="store_true", help="also score fp32 and INT8 ONNX mAP50-95 on the val split")
-    ap.add_argument("--all-ops", action="store_true", help="let ONNX Runtime quantize every op it supports")
+    ap.add_argument("--ops", choices=["body", "conv", "all"], default="body", help="what to quantize (see above)")
     a = ap.parse_args()
+    images, cfg, root = dataset_images(a.data)
+    workdir = tempfile.mkdtemp()
+    try:
+        run(a, images, cfg, root, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
+
+def run(a, images, cfg, root, workdir):
     import numpy as np
     import onnxruntime as ort
     import openvino as ov
     from ultralytics import YOLO
 
-    images, cfg, root = dataset_images(a.data)
-    workdir = tempfile.mkdtemp()
     # Exported from a copy: the exporter writes the .onnx beside the weights it reads.
     weights = os.path.join(workdir, os.path.basename(a.weights))
     shutil.copyfile(a.weights, weights)
     fp32_path = YOLO(weights).export(format="onnx", imgsz=640, nms=False, simplify=False, project=workdir, verbose=False)
     int8_path = os.path.join(workdir, "model-int8.onnx")
     t0 = time.perf_counter()
-    quantize(fp32_path, int8_path, images, a.all_ops)
+    quantize(fp32_path, int8_path, images, a.ops)
     quant_s = time.perf_counter() - t0
-    ops = "all" if a.all_ops else "Conv,MatMul"
+    ops = {"body": "all but decoding", "conv": "Conv,MatMul", "all": "all"}[a.ops]
     common = {"threads": a.threads, "runs": a.runs}
 
     x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
