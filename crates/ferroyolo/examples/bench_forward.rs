@@ -2,6 +2,8 @@
 //! prints the median in milliseconds as JSON. Used by `bench/forward.sh`.
 //!
 //! `cargo run --release -p ferroyolo --example bench_forward -- WEIGHTS THREADS RUNS [SIZE]`
+//!
+//! `FERROYOLO_BENCH_PROFILE=1` also prints a per-kernel profile of three more passes to stderr.
 
 use std::time::Instant;
 
@@ -40,6 +42,14 @@ fn main() -> anyhow::Result<()> {
         .collect();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    if std::env::var_os("FERROYOLO_BENCH_PROFILE").is_some() {
+        engine::set_profiling(true);
+        for _ in 0..3 {
+            yolo.model().forward(&x, HeadMode::OneToOne);
+        }
+        engine::set_profiling(false);
+        eprintln!("{}", engine::profile_report());
+    }
     println!("{{\"ferroyolo\": {median:.3}, \"threads\": {threads}, \"runs\": {runs}, \"min\": {:.3}}}", times[0]);
     Ok(())
 }

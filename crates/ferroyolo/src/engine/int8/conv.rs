@@ -344,6 +344,20 @@ impl QConv2d {
     }
 
     pub(crate) fn run(&self, x: &QTensor, act: Activation, kind: OutKind, kernel: Int8Kernel) -> Output {
+        let span = crate::engine::profile::start();
+        let out = self.run_inner(x, act, kind, kernel);
+        let [n, _, h, w] = x.shape();
+        let (ho, wo) = self.output_size(h, w);
+        let taps = (self.kernel * self.kernel) as u64 * if self.depthwise { 1 } else { self.in_channels as u64 };
+        span.finish(2 * (n * ho * wo * self.out_channels) as u64 * taps, || {
+            let dw = if self.depthwise { " dw" } else { "" };
+            let to = if matches!(kind, OutKind::U8(_)) { " ->u8" } else { "" };
+            format!("int8 conv {}->{} k{} s{}{dw} {ho}x{wo}{to}", self.in_channels, self.out_channels, self.kernel, self.stride)
+        });
+        out
+    }
+
+    fn run_inner(&self, x: &QTensor, act: Activation, kind: OutKind, kernel: Int8Kernel) -> Output {
         assert!(kernel.is_supported(), "QConv2d: this CPU does not support the {kernel:?} kernel");
         let [n, c, h, w] = x.shape();
         assert_eq!(c, self.in_channels, "QConv2d::forward: input has {c} channels, the layer expects {}", self.in_channels);

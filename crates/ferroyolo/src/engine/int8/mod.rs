@@ -295,6 +295,14 @@ pub fn quantize_tensor(x: &Tensor, params: QParams) -> QTensor {
 /// # Panics
 /// If `parts` is empty or the parts differ in batch or spatial size.
 pub fn quantize_parts(parts: &[(&Tensor, std::ops::Range<usize>)], params: QParams) -> QTensor {
+    let span = super::profile::start();
+    let q = quantize_parts_inner(parts, params);
+    let [n, c, h, w] = q.shape;
+    span.finish(0, || format!("int8 quantize [{n}, {c}, {h}, {w}]{}", if parts.len() > 1 { " (parts)" } else { "" }));
+    q
+}
+
+fn quantize_parts_inner(parts: &[(&Tensor, std::ops::Range<usize>)], params: QParams) -> QTensor {
     let [n, _, h, w] = parts.first().expect("quantize_parts: no parts").0.shape();
     for (t, r) in parts {
         let [tn, tc, th, tw] = t.shape();
@@ -311,19 +319,16 @@ pub fn quantize_parts(parts: &[(&Tensor, std::ops::Range<usize>)], params: QPara
         let (img, g) = (gi / groups, gi % groups);
         // SAFETY: item gi writes quad plane gi only, inside `data`, which outlives the loop.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(gi * plane), plane) };
-        dst.fill(0);
-        for j in 0..4 {
-            let ch = 4 * g + j;
-            if let Some(&(part, pc)) = sources.get(ch) {
-                let src = parts[part].0.plane(img, pc);
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d |= requantize(v, inv, zp) << (8 * j);
-                }
-            } else {
-                for d in dst.iter_mut() {
-                    *d |= (params.zero_point as u32) << (8 * j);
-                }
-            }
+        // The four source planes of this quad (a missing channel reads the zero point's value).
+        let pad = vec![params.dequantize(params.zero_point); if sources.len() < 4 * g + 4 { plane } else { 0 }];
+        let src: [&[f32]; 4] = std::array::from_fn(|j| match sources.get(4 * g + j) {
+            Some(&(part, pc)) => parts[part].0.plane(img, pc),
+            None => &pad[..],
+        });
+        // One pass writing whole quads, so that the loop vectorises.
+        let [s0, s1, s2, s3] = src.map(|s| &s[..plane]);
+        for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+            *d = requantize(a, inv, zp) | requantize(b, inv, zp) << 8 | requantize(c, inv, zp) << 16 | requantize(e, inv, zp) << 24;
         }
     };
     if n * c * plane >= 1 << 16 {
