@@ -809,44 +809,129 @@ fn bn_grad_input(z: &mut [f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, mdy
 }
 
 /// Max-pool backward (PyTorch semantics): each output's gradient goes to the first maximum of its
-/// window in row-major order; padding never wins. `x` is the pool's input.
+/// window in row-major order; padding never wins (NaN always does, the last one in window order,
+/// as in PyTorch). `x` is the pool's input.
 pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
     let span = profile::start();
     let [n, c, h, w] = x.shape();
     let (ho, wo) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
     assert_eq!(dy.shape(), [n, c, ho, wo], "max_pool2d_backward: dy shape");
+    assert!(padding < kernel, "max_pool2d_backward: padding {padding} not below kernel {kernel}");
     let mut dx = Tensor::zeros([n, c, h, w]);
-    dx.data_mut().par_chunks_mut(h * w).zip(x.data().par_chunks(h * w)).zip(dy.data().par_chunks(ho * wo)).for_each(|((dxp, xp), dyp)| {
-        for yo in 0..ho {
-            for xo in 0..wo {
-                let mut best = usize::MAX;
-                let mut best_v = f32::NEG_INFINITY;
-                for ky in 0..kernel {
-                    let y = (yo * stride + ky).wrapping_sub(padding);
-                    if y >= h {
-                        continue;
-                    }
-                    for kx in 0..kernel {
-                        let xx = (xo * stride + kx).wrapping_sub(padding);
-                        if xx >= w {
-                            continue;
-                        }
-                        let v = xp[y * w + xx];
-                        // Strictly greater: the first maximum wins (NaN always wins, as in PyTorch).
-                        if best == usize::MAX || v > best_v || v.is_nan() {
-                            best = y * w + xx;
-                            best_v = v;
-                        }
-                    }
-                }
-                if best != usize::MAX {
-                    dxp[best] += dyp[yo * wo + xo];
-                }
+    let planes = n * c;
+    // Items of whole planes, about 16K input values each: SPPF's maps are 10×10.
+    let per_item = (16384 / (h * w).max(1)).max(1);
+    let dst = SendPtr(dx.data_mut().as_mut_ptr());
+    parallel_for(planes.div_ceil(per_item), &|item| {
+        let mut scratch = PoolScratch::default();
+        for pl in item * per_item..((item + 1) * per_item).min(planes) {
+            let xp = &x.data()[pl * h * w..][..h * w];
+            let dyp = &dy.data()[pl * ho * wo..][..ho * wo];
+            // SAFETY: plane `pl` of `dx`, written by this item only; `dx` outlives the loop.
+            let dxp = unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * h * w), h * w) };
+            if stride == 1 {
+                dispatch!(max_pool_plane_s1(xp, dyp, dxp, h, w, kernel, padding, &mut scratch));
+            } else {
+                max_pool_plane_backward(xp, dyp, dxp, h, w, kernel, stride, padding);
             }
         }
     });
     span.finish(0, || format!("bwd max pool {:?}", x.shape()));
     dx
+}
+
+/// Per-item buffers of [`max_pool_plane_s1`].
+#[derive(Default)]
+struct PoolScratch {
+    padded: Vec<f32>,
+    best: Vec<f32>,
+    index: Vec<u32>,
+}
+
+/// [`max_pool_plane_backward`] for stride 1, written so its loops vectorise: the plane is copied
+/// into a `−∞`-padded `(h + 2p) × (w + 2p)` grid, on which every tap of every output is one
+/// contiguous run (outputs indexed on the padded grid's width, the `2p` extra columns per row
+/// ignored). Each output starts from the first valid pixel of its window (so an all-`−∞` window
+/// still picks its first pixel, and padding, never strictly greater, never wins); then the taps
+/// in row-major order replace it when strictly greater or NaN, exactly the scalar rule.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn max_pool_plane_s1(xp: &[f32], dyp: &[f32], dxp: &mut [f32], h: usize, w: usize, k: usize, p: usize, s: &mut PoolScratch) {
+    let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
+    let wp = w + 2 * p;
+    s.padded.clear();
+    s.padded.resize((h + 2 * p) * wp, f32::NEG_INFINITY);
+    for y in 0..h {
+        s.padded[(y + p) * wp + p..][..w].copy_from_slice(&xp[y * w..(y + 1) * w]);
+    }
+    // Outputs on the padded grid: output (yo, xo) at yo·wp + xo.
+    let len = (ho - 1) * wp + wo;
+    s.best.clear();
+    s.index.clear();
+    for yo in 0..ho {
+        // The window's first valid pixel, in padded coordinates (`p < k`, so it is inside the
+        // window); the ignored columns get any valid pixel.
+        let row = yo.max(p);
+        for xo in 0..wp.min(len - yo * wp) {
+            let i = row * wp + if xo < wo { xo.max(p) } else { p };
+            s.best.push(s.padded[i]);
+            s.index.push(i as u32);
+        }
+    }
+    let (best, index) = (&mut s.best[..len], &mut s.index[..len]);
+    for ky in 0..k {
+        for kx in 0..k {
+            let off = ky * wp + kx;
+            let run = &s.padded[off..off + len];
+            for (j, ((b, ix), &v)) in best.iter_mut().zip(index.iter_mut()).zip(run).enumerate() {
+                // Strictly greater or NaN (`v != v`), written as selects so the loop vectorises.
+                let take = v > *b || v.is_nan();
+                *b = if take { v } else { *b };
+                *ix = if take { (off + j) as u32 } else { *ix };
+            }
+        }
+    }
+    for yo in 0..ho {
+        for xo in 0..wo {
+            let i = index[yo * wp + xo] as usize;
+            let (y, x) = (i / wp - p, i % wp - p);
+            dxp[y * w + x] += dyp[yo * wo + xo];
+        }
+    }
+}
+
+/// Max-pool backward of one plane, any stride (the rule [`max_pool_plane_s1`] vectorises): `dxp`
+/// must be zero on entry.
+#[allow(clippy::too_many_arguments)]
+fn max_pool_plane_backward(xp: &[f32], dyp: &[f32], dxp: &mut [f32], h: usize, w: usize, k: usize, s: usize, p: usize) {
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    for yo in 0..ho {
+        for xo in 0..wo {
+            let mut best = usize::MAX;
+            let mut best_v = f32::NEG_INFINITY;
+            for ky in 0..k {
+                let y = (yo * s + ky).wrapping_sub(p);
+                if y >= h {
+                    continue;
+                }
+                for kx in 0..k {
+                    let xx = (xo * s + kx).wrapping_sub(p);
+                    if xx >= w {
+                        continue;
+                    }
+                    let v = xp[y * w + xx];
+                    // Strictly greater: the first maximum wins (NaN always wins, as in PyTorch).
+                    if best == usize::MAX || v > best_v || v.is_nan() {
+                        best = y * w + xx;
+                        best_v = v;
+                    }
+                }
+            }
+            if best != usize::MAX {
+                dxp[best] += dyp[yo * wo + xo];
+            }
+        }
+    }
 }
 
 /// Nearest-neighbour upsample backward: each input pixel collects the gradients of its

@@ -249,6 +249,36 @@ fn max_pool_ties_first_wins() {
     assert_eq!(max_pool2d_backward(&x, &dy, 2, 2, 0).data(), &[5.0, 0.0, 0.0, 0.0]);
 }
 
+/// The vectorised stride-1 path against the scalar rule, on odd sizes (including maps smaller
+/// than the kernel), with plateaus of ties, NaNs and all-`−∞` windows.
+#[test]
+fn max_pool_stride1_matches_scalar_rule() {
+    let mut rng = Rng::new(37);
+    for (h, w, k, p) in [(10, 10, 5, 2), (7, 13, 5, 2), (3, 2, 5, 2), (1, 1, 3, 1), (9, 4, 3, 1), (6, 5, 2, 0), (5, 7, 3, 0)] {
+        let numel = 3 * h * w;
+        let mut x = rng.tensor([1, 3, h, w]);
+        for (i, v) in x.data_mut().iter_mut().enumerate() {
+            // Quantised values make ties common; some NaNs and −∞ (a whole plane of −∞ in channel 2).
+            *v = (*v * 3.0).round();
+            if i % 11 == 5 {
+                *v = f32::NAN;
+            } else if i % 7 == 3 || i >= 2 * h * w {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
+        let dy = rng.tensor([1, 3, ho, wo]);
+        let got = max_pool2d_backward(&x, &dy, k, 1, p);
+        let mut want = vec![0.0f32; numel];
+        for ch in 0..3 {
+            let r = ch * h * w..(ch + 1) * h * w;
+            max_pool_plane_backward(&x.data()[r.clone()], dy.plane(0, ch), &mut want[r], h, w, k, 1, p);
+        }
+        assert_eq!(got.data(), &want[..], "max pool {h}x{w} k{k} p{p}");
+        assert!(want.iter().any(|&v| v != 0.0));
+    }
+}
+
 #[test]
 fn upsample_and_channel_add() {
     let dy = Tensor::new([1, 1, 2, 4], (0..8).map(|v| v as f32).collect());
