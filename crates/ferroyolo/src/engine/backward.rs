@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::conv::Activation;
 
+mod dgrad;
 mod wgrad;
 use super::profile;
 use super::simd;
@@ -252,15 +253,29 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
     // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im
     // (profiled as a forward convolution).
     let via_forward = needs.input && shape.stride == 1 && shape.padding < shape.kernel;
+    // Strided dense convolutions: the adjoint of the forward kernel's phase layout, where the CPU allows.
+    let strided = if needs.input && shape.stride > 1 && !shape.is_depthwise() {
+        let span = profile::start();
+        let dx = dgrad::input_grad_strided(shape, weight, dy, h, w);
+        if dx.is_some() {
+            span.finish(flops, || label("dX"));
+        }
+        dx
+    } else {
+        None
+    };
+    let via_phases = strided.is_some();
     let mut input = if via_forward {
         Some(transposed_conv(shape, weight).forward(dy, Activation::Identity))
+    } else if via_phases {
+        strided
     } else {
         needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]))
     };
     // The rest: bias, and whatever the im2col path or the depthwise loop computes.
     let span = profile::start();
     let bias = needs.bias.then(|| bias_grad(dy));
-    let col2im_input = needs.input && !via_forward;
+    let col2im_input = needs.input && !via_forward && !via_phases;
     let im2col_weight = needs.weight && dot_weight.is_none();
     let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| col2im_input) {
         Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
