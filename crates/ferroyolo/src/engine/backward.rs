@@ -514,6 +514,14 @@ fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor,
     let mut dw_chunks: Vec<Option<&mut [f32]>> = if need_weight { dw.chunks_mut(k * k).map(Some).collect() } else { (0..c).map(|_| None).collect() };
     per_ch.par_iter_mut().zip(dw_chunks.par_iter_mut()).enumerate().for_each(|(ch, (dxs, dwc))| {
         let wc = &weight[ch * k * k..(ch + 1) * k * k];
+        if s == 1 && p < k && h + 2 * p >= k && w + 2 * p >= k {
+            let mut scratch = DepthwiseScratch::default();
+            for img in 0..n {
+                let (xp, dyp) = (x.image(img)[ch], dy.plane(img, ch));
+                dispatch!(depthwise_plane_s1(xp, dyp, wc, dxs.get_mut(img).map(|d| &mut **d), dwc.as_deref_mut(), h, w, k, p, &mut scratch));
+            }
+            return;
+        }
         for img in 0..n {
             let xp = x.image(img)[ch];
             let dyp = dy.plane(img, ch);
@@ -556,6 +564,82 @@ fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor,
         }
     });
     need_weight.then_some(dw)
+}
+
+/// Per-task buffers of [`depthwise_plane_s1`].
+#[derive(Default)]
+struct DepthwiseScratch {
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+/// One plane of a stride-1 depthwise backward, on a zero-padded grid `w + 2p` wide (the layout
+/// trick of the forward kernel): the input plane padded, `dy` on that grid (zero in the `2p` extra
+/// columns), so that every tap is one contiguous run of `(ho − 1)·wq + wo` values. Then
+/// `dW[t] += dy · x[off_t..]` (lane sums) and `dx_pad[off_t..] += W[t]·dy` (`dx` is added onto).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn depthwise_plane_s1(
+    xp: &[f32],
+    dyp: &[f32],
+    wc: &[f32],
+    dxp: Option<&mut [f32]>,
+    dwc: Option<&mut [f32]>,
+    h: usize,
+    w: usize,
+    k: usize,
+    p: usize,
+    s: &mut DepthwiseScratch,
+) {
+    let (ho, wo, wq) = (h + 2 * p - k + 1, w + 2 * p - k + 1, w + 2 * p);
+    let nq = (ho - 1) * wq + wo;
+    let padded = (h + 2 * p) * wq;
+    s.x.clear();
+    s.x.resize(padded, 0.0);
+    for y in 0..h {
+        s.x[(y + p) * wq + p..][..w].copy_from_slice(&xp[y * w..(y + 1) * w]);
+    }
+    s.dy.clear();
+    s.dy.resize(nq, 0.0);
+    for yo in 0..ho {
+        s.dy[yo * wq..][..wo].copy_from_slice(&dyp[yo * wo..(yo + 1) * wo]);
+    }
+    let want_dx = dxp.is_some();
+    if want_dx {
+        s.dx.clear();
+        s.dx.resize(padded, 0.0);
+    }
+    let mut dwc = dwc;
+    for t in 0..k * k {
+        let off = t / k * wq + t % k;
+        if let Some(dwc) = dwc.as_deref_mut() {
+            dwc[t] += lane_dot(&s.dy, &s.x[off..off + nq]);
+        }
+        if want_dx {
+            let wv = wc[t];
+            s.dx[off..off + nq].iter_mut().zip(&s.dy).for_each(|(d, &g)| *d += wv * g);
+        }
+    }
+    if let Some(dxp) = dxp {
+        for y in 0..h {
+            dxp[y * w..(y + 1) * w].iter_mut().zip(&s.dx[(y + p) * wq + p..]).for_each(|(d, &v)| *d += v);
+        }
+    }
+}
+
+/// `Σ a·b` in [`LANES`] independent f32 partial sums (so it vectorises).
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let full = a.len().min(b.len()) / LANES * LANES;
+    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
+        }
+    }
+    let tail: f32 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Runs `f(ch)` for every channel on the engine's team, returning the results in order.

@@ -94,6 +94,13 @@ fn conv_dense_and_pointwise() {
 fn conv_depthwise() {
     check_conv(shape(4, 4, 3, 1, 1, 4), 2, 5, 6, 6);
     check_conv(shape(3, 3, 3, 2, 1, 3), 2, 7, 5, 7);
+    // Stride 1 runs on a padded grid: other paddings and kernels, odd sizes, maps narrower than
+    // the kernel's reach, and rows longer than one 16-lane vector.
+    check_conv(shape(3, 3, 5, 1, 2, 3), 2, 7, 9, 8);
+    check_conv(shape(2, 2, 3, 1, 0, 2), 3, 6, 5, 9);
+    check_conv(shape(2, 2, 3, 1, 1, 2), 1, 1, 2, 10);
+    check_conv(shape(2, 2, 3, 1, 2, 2), 1, 3, 19, 11);
+    check_conv(shape(2, 2, 1, 1, 0, 2), 2, 3, 4, 12);
 }
 
 /// Strided input gradients on the phase-layout path (AVX-512) against im2col + col2im, on odd
