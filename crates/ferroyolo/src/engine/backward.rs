@@ -835,7 +835,7 @@ pub struct BatchNormGrads {
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_act_backward(
     mut z: Tensor,
-    da: Tensor,
+    mut da: Tensor,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
@@ -849,19 +849,21 @@ pub fn batch_norm_act_backward(
     let hw = h * w;
     let count = (n * h * w) as f64;
     let zp = SendPtr(z.data_mut().as_mut_ptr());
+    let dap = SendPtr(da.data_mut().as_mut_ptr());
     let sums = per_channel(c, &|ch| {
         let (m, is, g, b) = (mean[ch], invstd[ch], gamma[ch], beta[ch]);
-        // SAFETY: plane (i, ch) of `z`, read here and rewritten below by this item only.
+        // SAFETY: plane (i, ch) of `z` / `da`, read and rewritten by this item only.
         let plane = |i: usize| unsafe { std::slice::from_raw_parts_mut(zp.get().add((i * c + ch) * hw), hw) };
+        let grad = |i: usize| unsafe { std::slice::from_raw_parts_mut(dap.get().add((i * c + ch) * hw), hw) };
         let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
         for i in 0..n {
-            let (s1, s2) = dispatch!(bn_grad_sums(plane(i), da.plane(i, ch), m, is, g, b, act));
+            let (s1, s2) = dispatch!(bn_grad_sums(plane(i), grad(i), m, is, g, b, act));
             sum_dy += s1;
             sum_dyx += s2;
         }
         let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
         for i in 0..n {
-            dispatch!(bn_grad_input(plane(i), da.plane(i, ch), m, is, g, b, mdy, mdyx, act, batch_stats));
+            dispatch!(bn_grad_input(plane(i), grad(i), m, is, g, mdy, mdyx, batch_stats));
         }
         (sum_dyx as f32, sum_dy as f32)
     });
@@ -871,39 +873,41 @@ pub fn batch_norm_act_backward(
     BatchNormGrads { input: z, gamma: gamma_grad, beta: beta_grad }
 }
 
-/// BatchNorm backward, pass 1 over one plane: `(Σ dy, Σ dy·x̂)` with `dy = da·act'(γ·x̂ + β)`.
+/// BatchNorm backward, pass 1 over one plane: `(Σ dy, Σ dy·x̂)` with `dy = da·act'(γ·x̂ + β)`,
+/// and `da ← dy` (so that pass 2 need not evaluate the activation's derivative again).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_sums(z: &[f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
+fn bn_grad_sums(z: &[f32], da: &mut [f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
     let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let step = |z: &[f32], da: &[f32], a1: &mut [f32], a2: &mut [f32]| {
-        for (((&zv, &d), s1), s2) in z.iter().zip(da).zip(a1.iter_mut()).zip(a2.iter_mut()) {
+    let step = |z: &[f32], da: &mut [f32], a1: &mut [f32], a2: &mut [f32]| {
+        for (((&zv, d), s1), s2) in z.iter().zip(da.iter_mut()).zip(a1.iter_mut()).zip(a2.iter_mut()) {
             let xhat = (zv - m) * is;
-            let dy = d * act_grad(g * xhat + b, act);
+            let dy = *d * act_grad(g * xhat + b, act);
+            *d = dy;
             *s1 += dy;
             *s2 += dy * xhat;
         }
     };
     let full = z.len() / LANES * LANES;
-    for (zc, dc) in z[..full].chunks_exact(LANES).zip(da[..full].chunks_exact(LANES)) {
+    let (da_full, da_rest) = da.split_at_mut(full);
+    for (zc, dc) in z[..full].chunks_exact(LANES).zip(da_full.chunks_exact_mut(LANES)) {
         step(zc, dc, &mut a1, &mut a2);
     }
     let rest = z.len() - full;
-    step(&z[full..], &da[full..], &mut a1[..rest], &mut a2[..rest]);
+    step(&z[full..], da_rest, &mut a1[..rest], &mut a2[..rest]);
     (a1.iter().map(|&v| v as f64).sum(), a2.iter().map(|&v| v as f64).sum())
 }
 
-/// BatchNorm backward, pass 2 over one plane: `z ← γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`
-/// with batch statistics, `z ← γ·invstd·dy` without.
+/// BatchNorm backward, pass 2 over one plane (`dy` from pass 1):
+/// `z ← γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))` with batch statistics, `z ← γ·invstd·dy` without.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_input(z: &mut [f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, mdy: f32, mdyx: f32, act: Activation, batch_stats: bool) {
+fn bn_grad_input(z: &mut [f32], dy: &[f32], m: f32, is: f32, g: f32, mdy: f32, mdyx: f32, batch_stats: bool) {
     let gi = g * is;
     let (mdy, mdyx) = if batch_stats { (mdy, mdyx) } else { (0.0, 0.0) };
-    for (zv, &d) in z.iter_mut().zip(da) {
+    for (zv, &d) in z.iter_mut().zip(dy) {
         let xhat = (*zv - m) * is;
-        let dy = d * act_grad(g * xhat + b, act);
-        *zv = gi * (dy - mdy - xhat * mdyx);
+        *zv = gi * (d - mdy - xhat * mdyx);
     }
 }
 
