@@ -362,9 +362,8 @@ fn sum_opt(a: Option<Vec<f32>>, b: Option<Vec<f32>>) -> Option<Vec<f32>> {
 /// `Σ dy` per output channel.
 fn bias_grad(dy: &Tensor) -> Vec<f32> {
     let [n, c, _, _] = dy.shape();
-    (0..c)
-        .map(|ch| (0..n).map(|img| dy.plane(img, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32)
-        .collect()
+    // f32 lane sums within a plane (vectorised), f64 across planes, as for BatchNorm statistics.
+    (0..c).map(|ch| (0..n).map(|img| dispatch!(lane_sum(dy.plane(img, ch), 0.0, false))).sum::<f64>() as f32).collect()
 }
 
 /// One image of a dense (or grouped) convolution: `dWᵀ += col · dYᵀ`, `dX = col2im(Wᵀ · dY)`.
@@ -1044,16 +1043,41 @@ pub fn upsample_nearest_backward(dy: &Tensor, scale: usize) -> Tensor {
     let [n, c, ho, wo] = dy.shape();
     let (h, w) = (ho / scale, wo / scale);
     let mut dx = Tensor::zeros([n, c, h, w]);
-    dx.data_mut().par_chunks_mut(h * w).zip(dy.data().par_chunks(ho * wo)).for_each(|(dxp, dyp)| {
-        for (yo, row) in dyp.chunks(wo).enumerate() {
-            let dst = &mut dxp[(yo / scale) * w..(yo / scale + 1) * w];
-            for (xo, &g) in row.iter().enumerate() {
-                dst[xo / scale] += g;
+    let planes = n * c;
+    // Items of whole planes, about 16K output-gradient values each.
+    let per_item = (16384 / (ho * wo).max(1)).max(1);
+    let dst = SendPtr(dx.data_mut().as_mut_ptr());
+    parallel_for(planes.div_ceil(per_item), &|item| {
+        for pl in item * per_item..((item + 1) * per_item).min(planes) {
+            let dyp = &dy.data()[pl * ho * wo..][..ho * wo];
+            // SAFETY: plane `pl` of `dx` (zeroed), written by this item only; `dx` outlives the loop.
+            let dxp = unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * h * w), h * w) };
+            if scale == 2 {
+                dispatch!(upsample2_plane_backward(dyp, dxp, w));
+            } else {
+                for (yo, row) in dyp.chunks(wo).enumerate() {
+                    let d = &mut dxp[(yo / scale) * w..(yo / scale + 1) * w];
+                    for (xo, &g) in row.iter().enumerate() {
+                        d[xo / scale] += g;
+                    }
+                }
             }
         }
     });
     span.finish(0, || format!("bwd upsample {:?}", dy.shape()));
     dx
+}
+
+/// [`upsample_nearest_backward`] of one plane at scale 2: `dx[y][x]` = the sum of its 2×2 block
+/// (pairs summed first, so the loop vectorises).
+#[inline(always)]
+fn upsample2_plane_backward(dyp: &[f32], dxp: &mut [f32], w: usize) {
+    for (rows, d) in dyp.chunks_exact(4 * w).zip(dxp.chunks_exact_mut(w)) {
+        let (r0, r1) = rows.split_at(2 * w);
+        for ((d, a), b) in d.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *d = (a[0] + a[1]) + (b[0] + b[1]);
+        }
+    }
 }
 
 /// Adds `src` (`[n, cs, h, w]`) onto channels `offset..offset + cs` of `dst` (`[n, cd, h, w]`): the

@@ -330,6 +330,25 @@ fn max_pool_stride1_matches_scalar_rule() {
     }
 }
 
+/// Every input pixel collects its scale × scale block, at scale 2 (the vectorised path) and 3,
+/// on odd sizes.
+#[test]
+fn upsample_backward_sums_blocks() {
+    let mut rng = Rng::new(43);
+    for (scale, h, w) in [(2, 5, 7), (2, 1, 1), (2, 10, 10), (3, 3, 5)] {
+        let dy = rng.tensor([2, 3, h * scale, w * scale]);
+        let got = upsample_nearest_backward(&dy, scale);
+        let want: Vec<f64> = (0..2 * 3 * h * w)
+            .map(|i| {
+                let (pl, y, x) = (i / (h * w), i / w % h, i % w);
+                let plane = &dy.data()[pl * h * w * scale * scale..];
+                (0..scale * scale).map(|j| plane[(y * scale + j / scale) * w * scale + x * scale + j % scale] as f64).sum()
+            })
+            .collect();
+        assert_close(got.data(), &want, 1e-6, &format!("upsample x{scale} {h}x{w}"));
+    }
+}
+
 #[test]
 fn upsample_and_channel_add() {
     let dy = Tensor::new([1, 1, 2, 4], (0..8).map(|v| v as f32).collect());
