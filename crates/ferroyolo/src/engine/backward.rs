@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::conv::Activation;
 
+mod dgrad;
 mod wgrad;
 use super::profile;
 use super::simd;
@@ -252,15 +253,29 @@ pub fn conv2d_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor
     // in/out swapped), which the engine's forward kernels run much faster than im2col + col2im
     // (profiled as a forward convolution).
     let via_forward = needs.input && shape.stride == 1 && shape.padding < shape.kernel;
+    // Strided dense convolutions: the adjoint of the forward kernel's phase layout, where the CPU allows.
+    let strided = if needs.input && shape.stride > 1 && !shape.is_depthwise() {
+        let span = profile::start();
+        let dx = dgrad::input_grad_strided(shape, weight, dy, h, w);
+        if dx.is_some() {
+            span.finish(flops, || label("dX"));
+        }
+        dx
+    } else {
+        None
+    };
+    let via_phases = strided.is_some();
     let mut input = if via_forward {
         Some(transposed_conv(shape, weight).forward(dy, Activation::Identity))
+    } else if via_phases {
+        strided
     } else {
         needs.input.then(|| Tensor::zeros([n, shape.in_channels, h, w]))
     };
     // The rest: bias, and whatever the im2col path or the depthwise loop computes.
     let span = profile::start();
     let bias = needs.bias.then(|| bias_grad(dy));
-    let col2im_input = needs.input && !via_forward;
+    let col2im_input = needs.input && !via_forward && !via_phases;
     let im2col_weight = needs.weight && dot_weight.is_none();
     let chunks: Vec<Option<&mut [f32]>> = match input.as_mut().filter(|_| col2im_input) {
         Some(t) => t.data_mut().chunks_mut(shape.in_channels * h * w).map(Some).collect(),
@@ -347,9 +362,8 @@ fn sum_opt(a: Option<Vec<f32>>, b: Option<Vec<f32>>) -> Option<Vec<f32>> {
 /// `Σ dy` per output channel.
 fn bias_grad(dy: &Tensor) -> Vec<f32> {
     let [n, c, _, _] = dy.shape();
-    (0..c)
-        .map(|ch| (0..n).map(|img| dy.plane(img, ch).iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32)
-        .collect()
+    // f32 lane sums within a plane (vectorised), f64 across planes, as for BatchNorm statistics.
+    (0..c).map(|ch| (0..n).map(|img| dispatch!(lane_sum(dy.plane(img, ch), 0.0, false))).sum::<f64>() as f32).collect()
 }
 
 /// One image of a dense (or grouped) convolution: `dWᵀ += col · dYᵀ`, `dX = col2im(Wᵀ · dY)`.
@@ -499,6 +513,14 @@ fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor,
     let mut dw_chunks: Vec<Option<&mut [f32]>> = if need_weight { dw.chunks_mut(k * k).map(Some).collect() } else { (0..c).map(|_| None).collect() };
     per_ch.par_iter_mut().zip(dw_chunks.par_iter_mut()).enumerate().for_each(|(ch, (dxs, dwc))| {
         let wc = &weight[ch * k * k..(ch + 1) * k * k];
+        if s == 1 && p < k && h + 2 * p >= k && w + 2 * p >= k {
+            let mut scratch = DepthwiseScratch::default();
+            for img in 0..n {
+                let (xp, dyp) = (x.image(img)[ch], dy.plane(img, ch));
+                dispatch!(depthwise_plane_s1(xp, dyp, wc, dxs.get_mut(img).map(|d| &mut **d), dwc.as_deref_mut(), h, w, k, p, &mut scratch));
+            }
+            return;
+        }
         for img in 0..n {
             let xp = x.image(img)[ch];
             let dyp = dy.plane(img, ch);
@@ -541,6 +563,82 @@ fn depthwise_backward(shape: ConvShape, x: &Planes, weight: &[f32], dy: &Tensor,
         }
     });
     need_weight.then_some(dw)
+}
+
+/// Per-task buffers of [`depthwise_plane_s1`].
+#[derive(Default)]
+struct DepthwiseScratch {
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+/// One plane of a stride-1 depthwise backward, on a zero-padded grid `w + 2p` wide (the layout
+/// trick of the forward kernel): the input plane padded, `dy` on that grid (zero in the `2p` extra
+/// columns), so that every tap is one contiguous run of `(ho − 1)·wq + wo` values. Then
+/// `dW[t] += dy · x[off_t..]` (lane sums) and `dx_pad[off_t..] += W[t]·dy` (`dx` is added onto).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn depthwise_plane_s1(
+    xp: &[f32],
+    dyp: &[f32],
+    wc: &[f32],
+    dxp: Option<&mut [f32]>,
+    dwc: Option<&mut [f32]>,
+    h: usize,
+    w: usize,
+    k: usize,
+    p: usize,
+    s: &mut DepthwiseScratch,
+) {
+    let (ho, wo, wq) = (h + 2 * p - k + 1, w + 2 * p - k + 1, w + 2 * p);
+    let nq = (ho - 1) * wq + wo;
+    let padded = (h + 2 * p) * wq;
+    s.x.clear();
+    s.x.resize(padded, 0.0);
+    for y in 0..h {
+        s.x[(y + p) * wq + p..][..w].copy_from_slice(&xp[y * w..(y + 1) * w]);
+    }
+    s.dy.clear();
+    s.dy.resize(nq, 0.0);
+    for yo in 0..ho {
+        s.dy[yo * wq..][..wo].copy_from_slice(&dyp[yo * wo..(yo + 1) * wo]);
+    }
+    let want_dx = dxp.is_some();
+    if want_dx {
+        s.dx.clear();
+        s.dx.resize(padded, 0.0);
+    }
+    let mut dwc = dwc;
+    for t in 0..k * k {
+        let off = t / k * wq + t % k;
+        if let Some(dwc) = dwc.as_deref_mut() {
+            dwc[t] += lane_dot(&s.dy, &s.x[off..off + nq]);
+        }
+        if want_dx {
+            let wv = wc[t];
+            s.dx[off..off + nq].iter_mut().zip(&s.dy).for_each(|(d, &g)| *d += wv * g);
+        }
+    }
+    if let Some(dxp) = dxp {
+        for y in 0..h {
+            dxp[y * w..(y + 1) * w].iter_mut().zip(&s.dx[(y + p) * wq + p..]).for_each(|(d, &v)| *d += v);
+        }
+    }
+}
+
+/// `Σ a·b` in [`LANES`] independent f32 partial sums (so it vectorises).
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let full = a.len().min(b.len()) / LANES * LANES;
+    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
+        }
+    }
+    let tail: f32 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Runs `f(ch)` for every channel on the engine's team, returning the results in order.
@@ -736,7 +834,7 @@ pub struct BatchNormGrads {
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_act_backward(
     mut z: Tensor,
-    da: Tensor,
+    mut da: Tensor,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
@@ -750,19 +848,21 @@ pub fn batch_norm_act_backward(
     let hw = h * w;
     let count = (n * h * w) as f64;
     let zp = SendPtr(z.data_mut().as_mut_ptr());
+    let dap = SendPtr(da.data_mut().as_mut_ptr());
     let sums = per_channel(c, &|ch| {
         let (m, is, g, b) = (mean[ch], invstd[ch], gamma[ch], beta[ch]);
-        // SAFETY: plane (i, ch) of `z`, read here and rewritten below by this item only.
+        // SAFETY: plane (i, ch) of `z` / `da`, read and rewritten by this item only.
         let plane = |i: usize| unsafe { std::slice::from_raw_parts_mut(zp.get().add((i * c + ch) * hw), hw) };
+        let grad = |i: usize| unsafe { std::slice::from_raw_parts_mut(dap.get().add((i * c + ch) * hw), hw) };
         let (mut sum_dy, mut sum_dyx) = (0.0f64, 0.0f64);
         for i in 0..n {
-            let (s1, s2) = dispatch!(bn_grad_sums(plane(i), da.plane(i, ch), m, is, g, b, act));
+            let (s1, s2) = dispatch!(bn_grad_sums(plane(i), grad(i), m, is, g, b, act));
             sum_dy += s1;
             sum_dyx += s2;
         }
         let (mdy, mdyx) = ((sum_dy / count) as f32, (sum_dyx / count) as f32);
         for i in 0..n {
-            dispatch!(bn_grad_input(plane(i), da.plane(i, ch), m, is, g, b, mdy, mdyx, act, batch_stats));
+            dispatch!(bn_grad_input(plane(i), grad(i), m, is, g, mdy, mdyx, batch_stats));
         }
         (sum_dyx as f32, sum_dy as f32)
     });
@@ -772,81 +872,168 @@ pub fn batch_norm_act_backward(
     BatchNormGrads { input: z, gamma: gamma_grad, beta: beta_grad }
 }
 
-/// BatchNorm backward, pass 1 over one plane: `(Σ dy, Σ dy·x̂)` with `dy = da·act'(γ·x̂ + β)`.
+/// BatchNorm backward, pass 1 over one plane: `(Σ dy, Σ dy·x̂)` with `dy = da·act'(γ·x̂ + β)`,
+/// and `da ← dy` (so that pass 2 need not evaluate the activation's derivative again).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_sums(z: &[f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
+fn bn_grad_sums(z: &[f32], da: &mut [f32], m: f32, is: f32, g: f32, b: f32, act: Activation) -> (f64, f64) {
     let (mut a1, mut a2) = ([0.0f32; LANES], [0.0f32; LANES]);
-    let step = |z: &[f32], da: &[f32], a1: &mut [f32], a2: &mut [f32]| {
-        for (((&zv, &d), s1), s2) in z.iter().zip(da).zip(a1.iter_mut()).zip(a2.iter_mut()) {
+    let step = |z: &[f32], da: &mut [f32], a1: &mut [f32], a2: &mut [f32]| {
+        for (((&zv, d), s1), s2) in z.iter().zip(da.iter_mut()).zip(a1.iter_mut()).zip(a2.iter_mut()) {
             let xhat = (zv - m) * is;
-            let dy = d * act_grad(g * xhat + b, act);
+            let dy = *d * act_grad(g * xhat + b, act);
+            *d = dy;
             *s1 += dy;
             *s2 += dy * xhat;
         }
     };
     let full = z.len() / LANES * LANES;
-    for (zc, dc) in z[..full].chunks_exact(LANES).zip(da[..full].chunks_exact(LANES)) {
+    let (da_full, da_rest) = da.split_at_mut(full);
+    for (zc, dc) in z[..full].chunks_exact(LANES).zip(da_full.chunks_exact_mut(LANES)) {
         step(zc, dc, &mut a1, &mut a2);
     }
     let rest = z.len() - full;
-    step(&z[full..], &da[full..], &mut a1[..rest], &mut a2[..rest]);
+    step(&z[full..], da_rest, &mut a1[..rest], &mut a2[..rest]);
     (a1.iter().map(|&v| v as f64).sum(), a2.iter().map(|&v| v as f64).sum())
 }
 
-/// BatchNorm backward, pass 2 over one plane: `z ← γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))`
-/// with batch statistics, `z ← γ·invstd·dy` without.
+/// BatchNorm backward, pass 2 over one plane (`dy` from pass 1):
+/// `z ← γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))` with batch statistics, `z ← γ·invstd·dy` without.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bn_grad_input(z: &mut [f32], da: &[f32], m: f32, is: f32, g: f32, b: f32, mdy: f32, mdyx: f32, act: Activation, batch_stats: bool) {
+fn bn_grad_input(z: &mut [f32], dy: &[f32], m: f32, is: f32, g: f32, mdy: f32, mdyx: f32, batch_stats: bool) {
     let gi = g * is;
     let (mdy, mdyx) = if batch_stats { (mdy, mdyx) } else { (0.0, 0.0) };
-    for (zv, &d) in z.iter_mut().zip(da) {
+    for (zv, &d) in z.iter_mut().zip(dy) {
         let xhat = (*zv - m) * is;
-        let dy = d * act_grad(g * xhat + b, act);
-        *zv = gi * (dy - mdy - xhat * mdyx);
+        *zv = gi * (d - mdy - xhat * mdyx);
     }
 }
 
 /// Max-pool backward (PyTorch semantics): each output's gradient goes to the first maximum of its
-/// window in row-major order; padding never wins. `x` is the pool's input.
+/// window in row-major order; padding never wins (NaN always does, the last one in window order,
+/// as in PyTorch). `x` is the pool's input.
 pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, kernel: usize, stride: usize, padding: usize) -> Tensor {
     let span = profile::start();
     let [n, c, h, w] = x.shape();
     let (ho, wo) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
     assert_eq!(dy.shape(), [n, c, ho, wo], "max_pool2d_backward: dy shape");
+    assert!(padding < kernel, "max_pool2d_backward: padding {padding} not below kernel {kernel}");
     let mut dx = Tensor::zeros([n, c, h, w]);
-    dx.data_mut().par_chunks_mut(h * w).zip(x.data().par_chunks(h * w)).zip(dy.data().par_chunks(ho * wo)).for_each(|((dxp, xp), dyp)| {
-        for yo in 0..ho {
-            for xo in 0..wo {
-                let mut best = usize::MAX;
-                let mut best_v = f32::NEG_INFINITY;
-                for ky in 0..kernel {
-                    let y = (yo * stride + ky).wrapping_sub(padding);
-                    if y >= h {
-                        continue;
-                    }
-                    for kx in 0..kernel {
-                        let xx = (xo * stride + kx).wrapping_sub(padding);
-                        if xx >= w {
-                            continue;
-                        }
-                        let v = xp[y * w + xx];
-                        // Strictly greater: the first maximum wins (NaN always wins, as in PyTorch).
-                        if best == usize::MAX || v > best_v || v.is_nan() {
-                            best = y * w + xx;
-                            best_v = v;
-                        }
-                    }
-                }
-                if best != usize::MAX {
-                    dxp[best] += dyp[yo * wo + xo];
-                }
+    let planes = n * c;
+    // Items of whole planes, about 16K input values each: SPPF's maps are 10×10.
+    let per_item = (16384 / (h * w).max(1)).max(1);
+    let dst = SendPtr(dx.data_mut().as_mut_ptr());
+    parallel_for(planes.div_ceil(per_item), &|item| {
+        let mut scratch = PoolScratch::default();
+        for pl in item * per_item..((item + 1) * per_item).min(planes) {
+            let xp = &x.data()[pl * h * w..][..h * w];
+            let dyp = &dy.data()[pl * ho * wo..][..ho * wo];
+            // SAFETY: plane `pl` of `dx`, written by this item only; `dx` outlives the loop.
+            let dxp = unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * h * w), h * w) };
+            if stride == 1 {
+                dispatch!(max_pool_plane_s1(xp, dyp, dxp, h, w, kernel, padding, &mut scratch));
+            } else {
+                max_pool_plane_backward(xp, dyp, dxp, h, w, kernel, stride, padding);
             }
         }
     });
     span.finish(0, || format!("bwd max pool {:?}", x.shape()));
     dx
+}
+
+/// Per-item buffers of [`max_pool_plane_s1`].
+#[derive(Default)]
+struct PoolScratch {
+    padded: Vec<f32>,
+    best: Vec<f32>,
+    index: Vec<u32>,
+}
+
+/// [`max_pool_plane_backward`] for stride 1, written so its loops vectorise: the plane is copied
+/// into a `−∞`-padded `(h + 2p) × (w + 2p)` grid, on which every tap of every output is one
+/// contiguous run (outputs indexed on the padded grid's width, the `2p` extra columns per row
+/// ignored). Each output starts from the first valid pixel of its window (so an all-`−∞` window
+/// still picks its first pixel, and padding, never strictly greater, never wins); then the taps
+/// in row-major order replace it when strictly greater or NaN, exactly the scalar rule.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn max_pool_plane_s1(xp: &[f32], dyp: &[f32], dxp: &mut [f32], h: usize, w: usize, k: usize, p: usize, s: &mut PoolScratch) {
+    let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
+    let wp = w + 2 * p;
+    s.padded.clear();
+    s.padded.resize((h + 2 * p) * wp, f32::NEG_INFINITY);
+    for y in 0..h {
+        s.padded[(y + p) * wp + p..][..w].copy_from_slice(&xp[y * w..(y + 1) * w]);
+    }
+    // Outputs on the padded grid: output (yo, xo) at yo·wp + xo.
+    let len = (ho - 1) * wp + wo;
+    s.best.clear();
+    s.index.clear();
+    for yo in 0..ho {
+        // The window's first valid pixel, in padded coordinates (`p < k`, so it is inside the
+        // window); the ignored columns get any valid pixel.
+        let row = yo.max(p);
+        for xo in 0..wp.min(len - yo * wp) {
+            let i = row * wp + if xo < wo { xo.max(p) } else { p };
+            s.best.push(s.padded[i]);
+            s.index.push(i as u32);
+        }
+    }
+    let (best, index) = (&mut s.best[..len], &mut s.index[..len]);
+    for ky in 0..k {
+        for kx in 0..k {
+            let off = ky * wp + kx;
+            let run = &s.padded[off..off + len];
+            for (j, ((b, ix), &v)) in best.iter_mut().zip(index.iter_mut()).zip(run).enumerate() {
+                // Strictly greater or NaN (`v != v`), written as selects so the loop vectorises.
+                let take = v > *b || v.is_nan();
+                *b = if take { v } else { *b };
+                *ix = if take { (off + j) as u32 } else { *ix };
+            }
+        }
+    }
+    for yo in 0..ho {
+        for xo in 0..wo {
+            let i = index[yo * wp + xo] as usize;
+            let (y, x) = (i / wp - p, i % wp - p);
+            dxp[y * w + x] += dyp[yo * wo + xo];
+        }
+    }
+}
+
+/// Max-pool backward of one plane, any stride (the rule [`max_pool_plane_s1`] vectorises): `dxp`
+/// must be zero on entry.
+#[allow(clippy::too_many_arguments)]
+fn max_pool_plane_backward(xp: &[f32], dyp: &[f32], dxp: &mut [f32], h: usize, w: usize, k: usize, s: usize, p: usize) {
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    for yo in 0..ho {
+        for xo in 0..wo {
+            let mut best = usize::MAX;
+            let mut best_v = f32::NEG_INFINITY;
+            for ky in 0..k {
+                let y = (yo * s + ky).wrapping_sub(p);
+                if y >= h {
+                    continue;
+                }
+                for kx in 0..k {
+                    let xx = (xo * s + kx).wrapping_sub(p);
+                    if xx >= w {
+                        continue;
+                    }
+                    let v = xp[y * w + xx];
+                    // Strictly greater: the first maximum wins (NaN always wins, as in PyTorch).
+                    if best == usize::MAX || v > best_v || v.is_nan() {
+                        best = y * w + xx;
+                        best_v = v;
+                    }
+                }
+            }
+            if best != usize::MAX {
+                dxp[best] += dyp[yo * wo + xo];
+            }
+        }
+    }
 }
 
 /// Nearest-neighbour upsample backward: each input pixel collects the gradients of its
@@ -856,16 +1043,41 @@ pub fn upsample_nearest_backward(dy: &Tensor, scale: usize) -> Tensor {
     let [n, c, ho, wo] = dy.shape();
     let (h, w) = (ho / scale, wo / scale);
     let mut dx = Tensor::zeros([n, c, h, w]);
-    dx.data_mut().par_chunks_mut(h * w).zip(dy.data().par_chunks(ho * wo)).for_each(|(dxp, dyp)| {
-        for (yo, row) in dyp.chunks(wo).enumerate() {
-            let dst = &mut dxp[(yo / scale) * w..(yo / scale + 1) * w];
-            for (xo, &g) in row.iter().enumerate() {
-                dst[xo / scale] += g;
+    let planes = n * c;
+    // Items of whole planes, about 16K output-gradient values each.
+    let per_item = (16384 / (ho * wo).max(1)).max(1);
+    let dst = SendPtr(dx.data_mut().as_mut_ptr());
+    parallel_for(planes.div_ceil(per_item), &|item| {
+        for pl in item * per_item..((item + 1) * per_item).min(planes) {
+            let dyp = &dy.data()[pl * ho * wo..][..ho * wo];
+            // SAFETY: plane `pl` of `dx` (zeroed), written by this item only; `dx` outlives the loop.
+            let dxp = unsafe { std::slice::from_raw_parts_mut(dst.get().add(pl * h * w), h * w) };
+            if scale == 2 {
+                dispatch!(upsample2_plane_backward(dyp, dxp, w));
+            } else {
+                for (yo, row) in dyp.chunks(wo).enumerate() {
+                    let d = &mut dxp[(yo / scale) * w..(yo / scale + 1) * w];
+                    for (xo, &g) in row.iter().enumerate() {
+                        d[xo / scale] += g;
+                    }
+                }
             }
         }
     });
     span.finish(0, || format!("bwd upsample {:?}", dy.shape()));
     dx
+}
+
+/// [`upsample_nearest_backward`] of one plane at scale 2: `dx[y][x]` = the sum of its 2×2 block
+/// (pairs summed first, so the loop vectorises).
+#[inline(always)]
+fn upsample2_plane_backward(dyp: &[f32], dxp: &mut [f32], w: usize) {
+    for (rows, d) in dyp.chunks_exact(4 * w).zip(dxp.chunks_exact_mut(w)) {
+        let (r0, r1) = rows.split_at(2 * w);
+        for ((d, a), b) in d.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *d = (a[0] + a[1]) + (b[0] + b[1]);
+        }
+    }
 }
 
 /// Adds `src` (`[n, cs, h, w]`) onto channels `offset..offset + cs` of `dst` (`[n, cd, h, w]`): the

@@ -94,6 +94,57 @@ fn conv_dense_and_pointwise() {
 fn conv_depthwise() {
     check_conv(shape(4, 4, 3, 1, 1, 4), 2, 5, 6, 6);
     check_conv(shape(3, 3, 3, 2, 1, 3), 2, 7, 5, 7);
+    // Stride 1 runs on a padded grid: other paddings and kernels, odd sizes, maps narrower than
+    // the kernel's reach, and rows longer than one 16-lane vector.
+    check_conv(shape(3, 3, 5, 1, 2, 3), 2, 7, 9, 8);
+    check_conv(shape(2, 2, 3, 1, 0, 2), 3, 6, 5, 9);
+    check_conv(shape(2, 2, 3, 1, 1, 2), 1, 1, 2, 10);
+    check_conv(shape(2, 2, 3, 1, 2, 2), 1, 3, 19, 11);
+    check_conv(shape(2, 2, 1, 1, 0, 2), 2, 3, 4, 12);
+}
+
+/// Strided input gradients on the phase-layout path (AVX-512) against im2col + col2im, on odd
+/// sizes, paddings 0..=2, kernels 1, 2, 3 and 5, strides 2 and 3, groups, and batches large enough
+/// that several images share one GEMM grid; plus the yolo26n stride-2 shapes at reduced size.
+#[test]
+fn conv_strided_input_grad_matches_col2im() {
+    let mut rng = Rng::new(41);
+    let cases = [
+        (shape(3, 4, 3, 2, 1, 1), 2, 7, 6),
+        (shape(5, 7, 3, 2, 0, 1), 3, 9, 8),
+        (shape(4, 6, 3, 2, 2, 1), 1, 5, 5),
+        (shape(6, 4, 1, 2, 0, 1), 2, 7, 9),
+        (shape(4, 8, 2, 2, 0, 2), 2, 8, 6),
+        (shape(6, 6, 3, 2, 1, 3), 2, 11, 13),
+        (shape(3, 5, 5, 2, 2, 1), 2, 9, 10),
+        (shape(4, 3, 3, 3, 1, 1), 2, 10, 8),
+        (shape(16, 32, 3, 2, 1, 1), 9, 17, 17),
+        (shape(64, 64, 3, 2, 1, 1), 3, 40, 40),
+        (shape(128, 256, 3, 2, 1, 1), 8, 20, 20),
+    ];
+    for (s, n, h, w) in cases {
+        let x = rng.tensor([n, s.in_channels, h, w]);
+        let wt = rng.vec(s.weight_len());
+        let (ho, wo) = s.output_size(h, w);
+        let dy = rng.tensor([n, s.out_channels, ho, wo]);
+        let Some(got) = dgrad::input_grad_strided(s, &wt, &dy, h, w) else {
+            eprintln!("no AVX-512: the phase-layout path is not used on this CPU");
+            return;
+        };
+        // The im2col + col2im path, image by image.
+        let (g, kk) = (s.groups, s.weight_len() / s.out_channels);
+        let cout_g = s.out_channels / g;
+        let mut w_t = vec![0.0f32; wt.len()];
+        for (src, dst) in wt.chunks(cout_g * kk).zip(w_t.chunks_mut(cout_g * kk)) {
+            transpose(src, cout_g, kk, dst);
+        }
+        let planes = Planes::of(&x);
+        let mut want = Tensor::zeros([n, s.in_channels, h, w]);
+        for (img, dx) in want.data_mut().chunks_mut(s.in_channels * h * w).enumerate() {
+            dense_image(s, &planes, img, &w_t, &dy, Some(dx), None);
+        }
+        assert_close(got.data(), &f64s(want.data()), 1e-4, &format!("{s:?} {n}x{h}x{w} strided dx"));
+    }
 }
 
 /// A 1×1 convolution over a concatenation of channel ranges equals one over the built tensor.
@@ -247,6 +298,55 @@ fn max_pool_ties_first_wins() {
     let x = Tensor::new([1, 1, 2, 2], vec![1.0, 1.0, 1.0, 1.0]);
     let dy = Tensor::new([1, 1, 1, 1], vec![5.0]);
     assert_eq!(max_pool2d_backward(&x, &dy, 2, 2, 0).data(), &[5.0, 0.0, 0.0, 0.0]);
+}
+
+/// The vectorised stride-1 path against the scalar rule, on odd sizes (including maps smaller
+/// than the kernel), with plateaus of ties, NaNs and all-`−∞` windows.
+#[test]
+fn max_pool_stride1_matches_scalar_rule() {
+    let mut rng = Rng::new(37);
+    for (h, w, k, p) in [(10, 10, 5, 2), (7, 13, 5, 2), (3, 2, 5, 2), (1, 1, 3, 1), (9, 4, 3, 1), (6, 5, 2, 0), (5, 7, 3, 0)] {
+        let numel = 3 * h * w;
+        let mut x = rng.tensor([1, 3, h, w]);
+        for (i, v) in x.data_mut().iter_mut().enumerate() {
+            // Quantised values make ties common; some NaNs and −∞ (a whole plane of −∞ in channel 2).
+            *v = (*v * 3.0).round();
+            if i % 11 == 5 {
+                *v = f32::NAN;
+            } else if i % 7 == 3 || i >= 2 * h * w {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
+        let dy = rng.tensor([1, 3, ho, wo]);
+        let got = max_pool2d_backward(&x, &dy, k, 1, p);
+        let mut want = vec![0.0f32; numel];
+        for ch in 0..3 {
+            let r = ch * h * w..(ch + 1) * h * w;
+            max_pool_plane_backward(&x.data()[r.clone()], dy.plane(0, ch), &mut want[r], h, w, k, 1, p);
+        }
+        assert_eq!(got.data(), &want[..], "max pool {h}x{w} k{k} p{p}");
+        assert!(want.iter().any(|&v| v != 0.0));
+    }
+}
+
+/// Every input pixel collects its scale × scale block, at scale 2 (the vectorised path) and 3,
+/// on odd sizes.
+#[test]
+fn upsample_backward_sums_blocks() {
+    let mut rng = Rng::new(43);
+    for (scale, h, w) in [(2, 5, 7), (2, 1, 1), (2, 10, 10), (3, 3, 5)] {
+        let dy = rng.tensor([2, 3, h * scale, w * scale]);
+        let got = upsample_nearest_backward(&dy, scale);
+        let want: Vec<f64> = (0..2 * 3 * h * w)
+            .map(|i| {
+                let (pl, y, x) = (i / (h * w), i / w % h, i % w);
+                let plane = &dy.data()[pl * h * w * scale * scale..];
+                (0..scale * scale).map(|j| plane[(y * scale + j / scale) * w * scale + x * scale + j % scale] as f64).sum()
+            })
+            .collect();
+        assert_close(got.data(), &want, 1e-6, &format!("upsample x{scale} {h}x{w}"));
+    }
 }
 
 #[test]
@@ -422,5 +522,36 @@ fn bench_batch_norm() {
             dc = da.clone();
         });
         println!("{shape:?}: copy {copy:.3} ms, stats {stats:.3}, bn+silu {fwd:.3}, backward {bwd:.3} (incl. 2 copies)");
+    }
+}
+
+/// Best-of-7 CPU time of the stride-2 gradients per yolo26n shape (batch 8 at 320²). Run it on
+/// one thread (`RAYON_NUM_THREADS=1`): with more, idle spinning counts too.
+/// `cargo test --release -p ferroyolo --lib bench_stride2 -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_stride2() {
+    let mut rng = Rng::new(1);
+    let shape = |cin, cout| ConvShape { in_channels: cin, out_channels: cout, kernel: 3, stride: 2, padding: 1, groups: 1 };
+    for (s, h) in [(shape(3, 16), 320), (shape(16, 32), 160), (shape(64, 64), 80), (shape(128, 128), 40), (shape(64, 64), 40), (shape(128, 256), 20), (shape(128, 128), 20)] {
+        let n = 8;
+        let x = rng.tensor([n, s.in_channels, h, h]);
+        let (ho, wo) = s.output_size(h, h);
+        let dy = rng.tensor([n, s.out_channels, ho, wo]);
+        let wt = rng.tensor([s.out_channels, s.in_channels, 3, 3]);
+        let planes = Planes::of(&x);
+        let time = |needs: Needs| {
+            (0..7)
+                .map(|_| {
+                    let t = cpu_ms();
+                    std::hint::black_box(conv2d_backward(s, &planes, wt.data(), &dy, needs));
+                    cpu_ms() - t
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let dx = time(Needs { input: true, weight: false, bias: false });
+        let dw = time(Needs { input: false, weight: true, bias: false });
+        let gf = 2.0 * (s.weight_len() * ho * wo * n) as f64 / 1e6;
+        println!("{:>4}->{:<4} {h:>3}²: dX {dx:7.2} ms ({:5.1} GFLOP/s), dW {dw:7.2} ms ({:5.1})", s.in_channels, s.out_channels, gf / dx, gf / dw);
     }
 }
