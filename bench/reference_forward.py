@@ -7,6 +7,7 @@ ultralytics==8.4.190, onnxruntime and openvino (see bench/README.md).
 import json
 import os
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,10 @@ def main():
         results["pytorch"] = median_ms(lambda: model(xt), 3, runs)
 
     onnx_dir = tempfile.mkdtemp()
-    onnx_path = YOLO(weights).export(format="onnx", imgsz=640, nms=False, simplify=False, project=onnx_dir, verbose=False)
+    # Exported from a copy: the exporter writes the .onnx beside the weights it reads.
+    copy = os.path.join(onnx_dir, os.path.basename(weights))
+    shutil.copyfile(weights, copy)
+    onnx_path = YOLO(copy).export(format="onnx", imgsz=640, nms=False, simplify=False, project=onnx_dir, verbose=False)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
