@@ -137,6 +137,10 @@ fn layers_kept_float_by_name_or_threshold_run_in_float() {
     let bad = QuantizeOptions { keep_float: vec!["model.99".into()], ..opts };
     let err = quantize(&src, images, &bad).unwrap_err().to_string();
     assert!(err.contains("model.99"), "{err}");
+    let odd = Tensor::new([1, 3, 100, 96], vec![0.5; 3 * 100 * 96]);
+    let err = quantize(&src, &[odd], &QuantizeOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("multiples of 32"), "{err}");
+    assert!(quantize(&src, &[], &QuantizeOptions::default()).is_err());
 }
 
 #[test]
@@ -200,4 +204,21 @@ fn half_precision_weights_modes_round_trip() {
     }
     assert!(cast_weights(&src, DType::I64).is_err());
     std::fs::remove_dir_all(fp32_path.parent().unwrap()).ok();
+}
+
+#[test]
+fn chained_int8_layers_equal_layer_by_layer_execution() {
+    let fx = ferroyolo::fixtures_or_skip!();
+    let src = Checkpoint::load(fx.join("weights/yolo26n-coco.pt")).unwrap();
+    let images = &calibration(&fx)[..1];
+    let (q, _) = quantize(&src, images, &QuantizeOptions { sensitivity: false, ..Default::default() }).unwrap();
+    let model = model::from_checkpoint(&q).unwrap().0;
+    let x = &images[0];
+    let chained = model.forward_both(x);
+    // An observer makes every layer run on its own, with f32 between layers.
+    let one_by_one = ferroyolo::model::yolo26::with_conv_input_observer(Box::new(|_, _| {}), || model.forward_both(x));
+    for (a, b) in [(&chained.0, &one_by_one.0), (&chained.1, &one_by_one.1)] {
+        assert_eq!(a.boxes, b.boxes);
+        assert_eq!(a.logits, b.logits);
+    }
 }

@@ -344,6 +344,12 @@ pub fn quantize(source: &Checkpoint, images: &[Tensor], options: &QuantizeOption
     if images.is_empty() {
         bail!("quantize: no calibration images");
     }
+    if let Some(bad) = images.iter().find(|x| {
+        let [_, c, h, w] = x.shape();
+        c != 3 || h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0
+    }) {
+        bail!("quantize: calibration images must be (n, 3, h, w) network inputs with h and w multiples of 32, got {:?}", bad.shape());
+    }
     let (mut model, _) = model::from_checkpoint(source).with_context(|| format!("{src}: building the float model"))?;
     if conv_layers(&mut model).iter().any(|(_, c)| c.int8.is_some()) {
         bail!("{src}: the model is already quantized");

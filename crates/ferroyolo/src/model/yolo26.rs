@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
-use crate::engine::int8::{quantize_parts, QConv2d, QParams};
+use crate::engine::int8::{quantize_parts, QConv2d, QParams, QTensor};
 use crate::engine::{self, Activation, Conv2d, Tensor};
 
 /// BatchNorm epsilon used by every YOLO26 BatchNorm layer.
@@ -71,6 +71,51 @@ pub fn with_conv_input_observer<R>(observer: ConvInputObserver, f: impl FnOnce()
     CONV_INPUT_OBSERVER.with(|o| *o.borrow_mut() = Some(observer));
     let _reset = Reset;
     f()
+}
+
+/// Whether a [`ConvInputObserver`] is set on this thread.
+fn observing() -> bool {
+    CONV_INPUT_OBSERVER.with(|o| o.borrow().is_some())
+}
+
+/// Runs `convs` one after the other on `x`. Between two INT8 layers the activation stays
+/// quantized: the first one's kernel epilogue requantizes its output to the second's input
+/// parameters, with the rounding [`quantize_parts`] applies to an f32 output, so the result equals
+/// running them one by one while skipping an f32 round trip. (With an observer set, each layer
+/// runs on its own so that every input is seen in f32.)
+pub fn forward_chain(convs: &[&ConvBn], x: &Tensor) -> Tensor {
+    if observing() || convs.iter().all(|c| c.int8.is_none()) {
+        let mut y = convs[0].forward(x);
+        for c in &convs[1..] {
+            y = c.forward(&y);
+        }
+        return y;
+    }
+    let mut cur_f: Option<Tensor> = None;
+    let mut cur_q: Option<QTensor> = None;
+    for (i, c) in convs.iter().enumerate() {
+        let next = convs.get(i + 1).and_then(|n| n.int8.as_deref()).map(|q| q.input);
+        match &c.int8 {
+            Some(q) => {
+                let qx = match cur_q.take() {
+                    Some(t) => t,
+                    None => {
+                        let input = cur_f.as_ref().unwrap_or(x);
+                        quantize_parts(&[(input, 0..input.shape()[1])], q.input)
+                    }
+                };
+                match next {
+                    Some(p) => cur_q = Some(q.conv.forward_quantized(&qx, c.act, p)),
+                    None => cur_f = Some(q.conv.forward(&qx, c.act)),
+                }
+            }
+            None => {
+                let y = c.forward(cur_f.as_ref().unwrap_or(x));
+                cur_f = Some(y);
+            }
+        }
+    }
+    cur_f.expect("a chain ends with an f32 output")
 }
 
 fn observe_conv_input(conv: &ConvBn, parts: &[(&Tensor, Range<usize>)]) {
@@ -264,7 +309,7 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let mut y = self.cv2.forward(&self.cv1.forward(x));
+        let mut y = forward_chain(&[&self.cv1, &self.cv2], x);
         if self.add {
             engine::add_assign(&mut y, x);
         }
@@ -530,11 +575,8 @@ pub struct DetectBranch {
 
 impl DetectBranch {
     fn forward(&self, level: usize, x: &Tensor) -> Tensor {
-        let mut y = self.hidden[level][0].forward(x);
-        for c in &self.hidden[level][1..] {
-            y = c.forward(&y);
-        }
-        self.out[level].forward(&y)
+        let hidden: Vec<&ConvBn> = self.hidden[level].iter().collect();
+        self.out[level].forward(&forward_chain(&hidden, x))
     }
 
     fn flops(&self, level: usize, h: usize, w: usize) -> u64 {

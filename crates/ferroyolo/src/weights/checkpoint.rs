@@ -396,11 +396,17 @@ impl Checkpoint {
     pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_owned(), source })?;
+        Self::from_safetensors_bytes(&bytes, path)
+    }
+
+    /// Reads a ferroyolo safetensors file from memory; `path` names it in errors and in
+    /// [`Self::source`].
+    pub fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
         let st_err = |source| CheckpointError::Safetensors { path: path.to_owned(), source };
         let not_ours = |reason: &str| CheckpointError::NotFerroyolo { path: path.to_owned(), reason: reason.to_owned() };
         let bad = |msg: String| CheckpointError::Format { path: path.to_owned(), msg };
 
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(st_err)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(st_err)?;
         let meta = header.metadata().clone().ok_or_else(|| not_ours("no __metadata__"))?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(not_ours("__metadata__ has no format=ferroyolo"));
@@ -424,7 +430,7 @@ impl Checkpoint {
         };
         let from_ema = meta.get("from_ema").is_some_and(|s| s == "true");
 
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(st_err)?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(st_err)?;
         if st.len() != order.len() {
             return Err(bad(format!(
                 "__metadata__ 'order' lists {} tensors but the file holds {}",
