@@ -2,31 +2,16 @@
 //! numbers, histograms go to a numbered run folder (or `save_dir=`), the folded view works, and bad
 //! options give a clear error.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use ferroyolo::compress::report::{WeightReport, WeightView};
 use ferroyolo::weights::Checkpoint;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferroyolo-cli-info-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ferroyolo(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroyolo")).args(args).current_dir(cwd).output().expect("run ferroyolo")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{ferroyolo, temp_dir, text};
 
 #[test]
 fn weights_table_and_histograms() {
     let Some(fx) = ferroyolo::testing::fixtures_dir() else { return };
-    let dir = temp_dir("weights");
+    let dir = temp_dir("info-weights");
     let weights = fx.join("weights/yolo26n-coco.pt");
     let m = format!("model={}", weights.display());
     let out = ferroyolo(&["info", &m, "weights=true", "bins=32", "project=runs"], &dir);
@@ -72,7 +57,7 @@ fn weights_table_and_histograms() {
 #[test]
 fn bad_options_fail_with_a_message() {
     let Some(fx) = ferroyolo::testing::fixtures_dir() else { return };
-    let dir = temp_dir("bad");
+    let dir = temp_dir("info-bad");
     let m = format!("model={}", fx.join("weights/yolo26n-coco.pt").display());
     let out = ferroyolo(&["info", &m, "weights=true", "bins=0"], &dir);
     assert!(!out.status.success());

@@ -2,23 +2,15 @@
 //! coco8 images, in both head modes and at two confidence thresholds.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
+
+mod common;
+use common::{ferroyolo, temp_dir};
 
 /// `../shared/fixtures`, or `None` (skip) outside CI when it is absent.
 fn fixtures() -> Option<PathBuf> {
     ferroyolo::testing::fixtures_dir()
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferroyolo-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ferroyolo(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroyolo")).args(args).current_dir(cwd).output().expect("run ferroyolo")
 }
 
 /// Every image the reference predicted on: bus.jpg and the 8 coco8 images.

@@ -1,29 +1,16 @@
 //! `ferroyolo synthetic` end to end: it writes a dataset the library loads, with the options
 //! taken in both argument styles, reproducibly, and refuses to overwrite a folder it did not write.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use ferroyolo::data::dataset::{scan_split, DatasetConfig};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferroyolo-cli-synthetic-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ferroyolo(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroyolo")).args(args).current_dir(cwd).output().expect("run ferroyolo")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{ferroyolo, temp_dir, text};
 
 #[test]
 fn writes_a_loadable_dataset_and_says_where() {
-    let dir = temp_dir("write");
+    let dir = temp_dir("synthetic-write");
     let out = ferroyolo(&["synthetic", "out=shapes", "train=10", "--val", "4", "imgsz=96", "seed=2", "classes=2", "objects=1,2", "format=png", "threads=2"], &dir);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
@@ -51,7 +38,7 @@ fn writes_a_loadable_dataset_and_says_where() {
 
 #[test]
 fn refuses_foreign_folders_and_bad_options() {
-    let dir = temp_dir("refuse");
+    let dir = temp_dir("synthetic-refuse");
     std::fs::create_dir_all(dir.join("mine")).unwrap();
     std::fs::write(dir.join("mine/a.txt"), "keep").unwrap();
     let out = ferroyolo(&["synthetic", "out=mine", "train=2", "val=1", "imgsz=64"], &dir);

@@ -2,38 +2,25 @@
 //! text table is printed, the plots are written, and broken dataset entries are reported on
 //! stderr with a summary count while the good images are still scored.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use ferroyolo::data::dataset::DatasetConfig;
 use ferroyolo::val::ValOptions;
 use ferroyolo::Yolo;
 use serde_json::Value;
 
+mod common;
+use common::{ferroyolo, temp_dir, text};
+
 /// `../shared/fixtures`, or `None` (skip) outside CI when it is absent.
 fn fixtures() -> Option<PathBuf> {
     ferroyolo::testing::fixtures_dir()
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferroyolo-cli-val-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn ferroyolo(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroyolo")).args(args).current_dir(cwd).output().expect("run ferroyolo")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn json_matches_the_library_and_plots_are_written() {
     let Some(fx) = fixtures() else { return };
-    let dir = temp_dir("json");
+    let dir = temp_dir("val-json");
     let weights = fx.join("weights/yolo26n-coco.pt");
     let yaml = fx.join("coco8/data.yaml");
     let (w, y) = (format!("model={}", weights.display()), format!("data={}", yaml.display()));
@@ -89,7 +76,7 @@ fn json_matches_the_library_and_plots_are_written() {
 #[test]
 fn text_table_and_no_plots() {
     let Some(fx) = fixtures() else { return };
-    let dir = temp_dir("text");
+    let dir = temp_dir("val-text");
     let w = format!("model={}", fx.join("weights/yolo26n-coco.pt").display());
     let y = format!("data={}", fx.join("coco8/data.yaml").display());
     let out = ferroyolo(&["val", &w, &y, "plots=false", "threads=2", "project=runs"], &dir);
@@ -122,7 +109,7 @@ fn text_table_and_no_plots() {
 #[test]
 fn broken_entries_are_warned_about_and_counted() {
     let Some(fx) = fixtures() else { return };
-    let dir = temp_dir("broken");
+    let dir = temp_dir("val-broken");
     let (images, labels) = (dir.join("data/images/val"), dir.join("data/labels/val"));
     std::fs::create_dir_all(&images).unwrap();
     std::fs::create_dir_all(&labels).unwrap();
