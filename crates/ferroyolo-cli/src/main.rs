@@ -3,6 +3,7 @@
 
 mod args;
 mod info;
+mod measure;
 mod predict;
 mod prune;
 mod quantize;

@@ -2,16 +2,14 @@
 //! (sparse weights) of a checkpoint, with sizes, speed and accuracy before and after.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::args::{parse_bool, set_threads};
+use crate::measure::{median_latency_ms, safetensors_size};
 use ferroyolo::compress::prune::{prune_channels_with, prune_unstructured, ChannelCriterion, ChannelPruneOptions, SparsityScope};
 use ferroyolo::data::dataset::DatasetConfig;
-use ferroyolo::engine::Tensor;
-use ferroyolo::model::{self, HeadMode};
 use ferroyolo::train::{self, TrainArgs};
 use ferroyolo::val::ValOptions;
 use ferroyolo::weights::{hub, save_pt, Checkpoint, ModelWeights, TrainingCheckpoint};
@@ -91,20 +89,6 @@ fn save(ckpt: &Checkpoint, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn median_latency_ms(model: &model::Yolo26, imgsz: usize, runs: usize) -> f64 {
-    let x = Tensor::new([1, 3, imgsz, imgsz], vec![0.5; 3 * imgsz * imgsz]);
-    model.forward(&x, HeadMode::OneToOne); // warm-up: buffers and threads
-    let mut times: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(model.forward(&x, HeadMode::OneToOne));
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
 fn measure(ckpt: &Checkpoint, bytes: u64, a: &PruneArgs, data: Option<&DatasetConfig>) -> Result<Stats> {
     let yolo = Yolo::from_checkpoint(ckpt.clone())?;
     let gflops = yolo.model().layer_flops(a.imgsz, a.imgsz).iter().sum::<u64>() as f64 / 1e9;
@@ -120,13 +104,6 @@ fn val_options(imgsz: usize) -> ValOptions {
     ValOptions { imgsz: imgsz as u32, plots: false, progress: false, ..ValOptions::default() }
 }
 
-/// Size on disk of `ckpt` saved as safetensors (both models measured in the same format).
-fn safetensors_size(ckpt: &Checkpoint, scratch: &Path) -> Result<u64> {
-    ckpt.save_safetensors(scratch)?;
-    let n = std::fs::metadata(scratch)?.len();
-    std::fs::remove_file(scratch).ok();
-    Ok(n)
-}
 
 pub fn run(a: PruneArgs) -> Result<()> {
     set_threads(a.threads)?;

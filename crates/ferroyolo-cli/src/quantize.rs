@@ -9,13 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::args::{parse_bool, set_threads};
+use crate::measure::{median_latency_ms, safetensors_size};
 use ferroyolo::compress::quantize::{cast_weights, quantize, Calibration, QuantizeOptions};
 use ferroyolo::data::dataset::{list_images, DatasetConfig};
 use ferroyolo::data::image_io::load_image;
 use ferroyolo::data::letterbox::square_input;
 use ferroyolo::data::source::{read_item, resolve_source};
 use ferroyolo::engine::Tensor;
-use ferroyolo::model::HeadMode;
 use ferroyolo::val::ValOptions;
 use ferroyolo::weights::{hub, Checkpoint, DType};
 use ferroyolo::Yolo;
@@ -95,28 +95,6 @@ fn calibration_images(a: &QuantizeArgs, data: Option<&DatasetConfig>) -> Result<
     Ok(images)
 }
 
-fn median_latency_ms(yolo: &Yolo, imgsz: usize, runs: usize) -> f64 {
-    let x = Tensor::new([1, 3, imgsz, imgsz], vec![0.5; 3 * imgsz * imgsz]);
-    yolo.model().forward(&x, HeadMode::OneToOne); // warm-up: buffers and threads
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(yolo.model().forward(&x, HeadMode::OneToOne));
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-/// Size of `ckpt` saved as fp32 safetensors (the baseline sizes are compared with).
-fn fp32_size(ckpt: &Checkpoint, scratch: &Path) -> Result<u64> {
-    cast_weights(ckpt, DType::F32)?.save_safetensors(scratch)?;
-    let n = std::fs::metadata(scratch)?.len();
-    std::fs::remove_file(scratch).ok();
-    Ok(n)
-}
-
 pub fn run(a: QuantizeArgs) -> Result<()> {
     set_threads(a.threads)?;
     if a.imgsz == 0 || !a.imgsz.is_multiple_of(32) {
@@ -157,7 +135,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     println!("Saved {}", output.display());
 
     let scratch = output.with_extension("sizing.safetensors");
-    let base = fp32_size(&src, &scratch)?;
+    let base = safetensors_size(&cast_weights(&src, DType::F32)?, &scratch)?;
     let size = std::fs::metadata(&output)?.len();
     println!();
     println!("{:<24} {:>12} {:>12}", "", "float32", a.dtype);
@@ -165,7 +143,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let float_model = Yolo::from_checkpoint(src)?;
     let quant_model = Yolo::load(&output)?;
     if a.runs > 0 {
-        let (f, q) = (median_latency_ms(&float_model, a.imgsz, a.runs), median_latency_ms(&quant_model, a.imgsz, a.runs));
+        let (f, q) = (median_latency_ms(float_model.model(), a.imgsz, a.runs), median_latency_ms(quant_model.model(), a.imgsz, a.runs));
         println!("{:<24} {:>12.1} {:>12.1}   ({:.2}x)", format!("latency ms ({0}x{0})", a.imgsz), f, q, f / q);
     }
     if let (true, Some(d)) = (a.val, data.as_ref()) {
