@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::weights::{Checkpoint, DType, TensorKind, TensorValues};
+use crate::weights::{Checkpoint, DType, StoredTensor, TensorKind, TensorValues};
 
 /// A source of named weights, consumed while the model is built.
 pub trait WeightStore {
@@ -73,8 +73,11 @@ impl<'a> CheckpointStore<'a> {
     }
 }
 
-impl WeightStore for CheckpointStore<'_> {
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+impl CheckpointStore<'_> {
+    /// Takes tensor `name`: checks it exists with exactly `shape`, converts its values with
+    /// `convert` (whose error completes "tensor 'name' ..."), records it if it is a parameter and
+    /// marks it used.
+    fn take_as<T>(&mut self, name: &str, shape: &[usize], convert: impl FnOnce(&StoredTensor) -> Result<T, String>) -> Result<T> {
         let src = self.ckpt.source.display();
         let &i = self.index.get(name).ok_or_else(|| anyhow!("{src}: tensor '{name}' is missing (expected shape {shape:?})"))?;
         let t = &self.ckpt.tensors[i].1;
@@ -82,36 +85,31 @@ impl WeightStore for CheckpointStore<'_> {
         if t.shape != shape {
             bail!("{src}: tensor '{name}' has shape {:?}, the model config needs {shape:?}", t.shape);
         }
-        let values = match &t.values {
-            TensorValues::F32(v) => v.clone(),
-            TensorValues::I64(_) => bail!("{src}: tensor '{name}' is an integer tensor, expected floating point"),
-        };
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            bail!("{src}: tensor '{name}' holds a non-finite value at element {bad}");
-        }
+        let values = convert(t).map_err(|why| anyhow!("{src}: tensor '{name}' {why}"))?;
         if t.kind == TensorKind::Parameter {
             self.params.push(ParamRecord { name: name.to_string(), shape: shape.to_vec(), role: role_of(name) });
         }
         self.used.insert(name.to_string());
         Ok(values)
     }
+}
+
+impl WeightStore for CheckpointStore<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.take_as(name, shape, |t| {
+            let TensorValues::F32(v) = &t.values else { return Err("is an integer tensor, expected floating point".into()) };
+            match v.iter().position(|v| !v.is_finite()) {
+                Some(bad) => Err(format!("holds a non-finite value at element {bad}")),
+                None => Ok(v.clone()),
+            }
+        })
+    }
 
     fn take_i8(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i8>> {
-        let src = self.ckpt.source.display();
-        let &i = self.index.get(name).ok_or_else(|| anyhow!("{src}: tensor '{name}' is missing (expected shape {shape:?})"))?;
-        let t = &self.ckpt.tensors[i].1;
-        if t.shape != shape {
-            bail!("{src}: tensor '{name}' has shape {:?}, the model config needs {shape:?}", t.shape);
-        }
-        let (DType::I8, TensorValues::I64(v)) = (t.dtype, &t.values) else {
-            bail!("{src}: tensor '{name}' is {}, expected int8", t.dtype);
-        };
-        let values = v.iter().map(|&x| i8::try_from(x)).collect::<Result<Vec<i8>, _>>().map_err(|_| anyhow!("{src}: tensor '{name}' holds a value outside int8"))?;
-        if t.kind == TensorKind::Parameter {
-            self.params.push(ParamRecord { name: name.to_string(), shape: shape.to_vec(), role: role_of(name) });
-        }
-        self.used.insert(name.to_string());
-        Ok(values)
+        self.take_as(name, shape, |t| {
+            let (DType::I8, TensorValues::I64(v)) = (t.dtype, &t.values) else { return Err(format!("is {}, expected int8", t.dtype)) };
+            v.iter().map(|&x| i8::try_from(x)).collect::<Result<Vec<i8>, _>>().map_err(|_| "holds a value outside int8".to_string())
+        })
     }
 
     fn skip(&mut self, name: &str) {
