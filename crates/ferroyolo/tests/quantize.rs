@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ferroyolo::compress::quantize::{cast_weights, int8_layer_count, quantize, Calibration, QuantizeOptions, QuantizeReport};
+use ferroyolo::compress::quantize::{cast_weights, int8_layer_count, quantize, sqnr_db, Calibration, QuantizeOptions, QuantizeReport};
+use ferroyolo::predict::postprocess::box_iou;
 use ferroyolo::data::dataset::{list_images, DatasetConfig};
 use ferroyolo::data::image_io::load_image;
 use ferroyolo::data::letterbox::square_input;
@@ -28,14 +29,6 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: &[f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    inter / (area(a) + area(b) - inter)
-}
-
 /// Float detections that have an unused quantized detection of the same class with IoU > 0.9
 /// (greedy, best IoU first).
 fn matched(float: &[Detection], quant: &[Detection]) -> usize {
@@ -46,7 +39,7 @@ fn matched(float: &[Detection], quant: &[Detection]) -> usize {
             .iter()
             .enumerate()
             .filter(|(j, q)| !used[*j] && q.class_id == d.class_id)
-            .map(|(j, q)| (j, iou(&d.xyxy, &q.xyxy)))
+            .map(|(j, q)| (j, box_iou(&d.xyxy, &q.xyxy)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((j, v)) = best {
             if v > 0.9 {
@@ -192,14 +185,10 @@ fn half_precision_weights_modes_round_trip() {
         if dtype == DType::F16 {
             assert_eq!((&out.boxes, &out.logits), (&reference.boxes, &reference.logits));
         } else {
-            let (mut signal, mut noise) = (0.0f64, 0.0f64);
-            for (a, b) in reference.boxes.iter().chain(&reference.logits).zip(out.boxes.iter().chain(&out.logits)) {
-                signal += f64::from(*a).powi(2);
-                noise += f64::from(a - b).powi(2);
-            }
-            let db = 10.0 * (signal / noise).log10();
+            let values = |h: &ferroyolo::model::HeadOutput| [h.boxes.clone(), h.logits.clone()].concat();
+            let db = sqnr_db(&[values(&reference)], &[values(&out)]);
             eprintln!("bf16 head-output SQNR {db:.1} dB");
-            assert!(noise > 0.0 && db > 25.0, "bf16 head-output SQNR {db:.1} dB");
+            assert!(db.is_finite() && db > 25.0, "bf16 head-output SQNR {db:.1} dB");
         }
     }
     assert!(cast_weights(&src, DType::I64).is_err());

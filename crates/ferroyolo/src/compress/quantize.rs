@@ -318,8 +318,9 @@ fn head_values(model: &Yolo26, x: &Tensor) -> Vec<f32> {
     [a.boxes, a.logits, b.boxes, b.logits].concat()
 }
 
-/// `10·log10(Σ ref² / Σ (out − ref)²)` over all images.
-fn sqnr_db(reference: &[Vec<f32>], out: &[Vec<f32>]) -> f64 {
+/// Signal-to-quantization-noise ratio in dB, `10·log10(Σ ref² / Σ (out − ref)²)` over all
+/// images (infinite when they are equal).
+pub fn sqnr_db(reference: &[Vec<f32>], out: &[Vec<f32>]) -> f64 {
     let (mut signal, mut noise) = (0.0f64, 0.0f64);
     for (r, o) in reference.iter().zip(out) {
         for (&a, &b) in r.iter().zip(o) {
