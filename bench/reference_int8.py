@@ -23,20 +23,11 @@ import glob
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
-
-def median_ms(fn, warmup, runs):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+# Same timing as the fp32 forward benchmark (this folder is on sys.path when run as a script).
+from reference_forward import median_ms
 
 
 def dataset_images(data_yaml):
