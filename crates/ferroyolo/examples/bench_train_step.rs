@@ -86,12 +86,12 @@ fn main() -> Result<()> {
     let mut cpu = Vec::with_capacity(runs);
     let mut first_loss = None;
     for i in 0..warmup + runs {
-        let (t0, c0) = (Instant::now(), cpu_ms());
+        let (t0, c0) = (Instant::now(), engine::process_cpu_ms());
         let loss = step(&mut model);
         first_loss.get_or_insert(loss);
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
-            cpu.push(cpu_ms() - c0);
+            cpu.push(engine::process_cpu_ms() - c0);
         }
     }
     if std::env::var_os("FERROYOLO_BENCH_PROFILE").is_some() {
@@ -121,25 +121,4 @@ fn peak_rss_mib() -> f64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// CPU time of the whole process in ms (all threads, spinning included): on a busy machine a
-/// steadier measure of the work than wall time, best read at one thread.
-fn cpu_ms() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a valid out-pointer and a clock id Linux defines (libc is linked into every binary).
-    if cfg!(target_os = "linux") && unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
-        ts.sec as f64 * 1e3 + ts.nsec as f64 / 1e6
-    } else {
-        0.0
-    }
 }

@@ -34,7 +34,7 @@ pub use buffers::release_buffers;
 pub use conv::{Activation, Conv2d};
 pub use elementwise::{add_assign, concat_channels, narrow_channels, sigmoid, silu, silu_inplace};
 pub use pool::{max_pool2d, upsample_nearest};
-pub use profile::{profile_report, set_profiling};
+pub use profile::{process_cpu_ms, profile_report, set_profiling};
 pub use simd::{isa, Isa};
 pub use tensor::Tensor;
 pub use threads::{num_threads, set_num_threads};

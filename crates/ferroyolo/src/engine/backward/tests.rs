@@ -471,24 +471,6 @@ fn conv_weight_grad_blocked_shapes() {
     }
 }
 
-/// The process's CPU time in ms, for benchmarks on a machine shared with other jobs (less disturbed
-/// than wall time; run them on one thread, since idle spinning counts too).
-pub(super) fn cpu_ms() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a valid out-pointer; the clock id exists on Linux.
-    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.sec as f64 * 1e3 + ts.nsec as f64 / 1e6
-}
-
 /// Best-of-N CPU time of the BatchNorm passes of a training step on yolo26n shapes, next to a plain
 /// copy of the same tensor.
 /// `RAYON_NUM_THREADS=1 cargo test --release -p ferroyolo --lib bench_batch_norm -- --ignored --nocapture`
@@ -506,9 +488,9 @@ fn bench_batch_norm() {
         let best = |f: &mut dyn FnMut()| {
             (0..9)
                 .map(|_| {
-                    let t = cpu_ms();
+                    let t = crate::engine::process_cpu_ms();
                     f();
-                    cpu_ms() - t
+                    crate::engine::process_cpu_ms() - t
                 })
                 .fold(f64::MAX, f64::min)
         };
@@ -543,9 +525,9 @@ fn bench_stride2() {
         let time = |needs: Needs| {
             (0..7)
                 .map(|_| {
-                    let t = cpu_ms();
+                    let t = crate::engine::process_cpu_ms();
                     std::hint::black_box(conv2d_backward(s, &planes, wt.data(), &dy, needs));
-                    cpu_ms() - t
+                    crate::engine::process_cpu_ms() - t
                 })
                 .fold(f64::MAX, f64::min)
         };

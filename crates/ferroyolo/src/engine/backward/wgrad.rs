@@ -259,7 +259,7 @@ unsafe fn run<const R: usize, const T: usize>(
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod bench {
-    use super::super::tests::cpu_ms;
+    use crate::engine::process_cpu_ms as cpu_ms;
     use super::super::{dense_image, transpose};
     use super::*;
     use crate::engine::testutil::Rng;
