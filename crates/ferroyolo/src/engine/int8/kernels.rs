@@ -53,7 +53,7 @@ pub(crate) fn dot4(a: i32, b: u32) -> i32 {
 pub(crate) unsafe fn run_tile(kernel: Int8Kernel, t: &TileArgs) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Int8Kernel::Avx512Vnni => match t.len.div_ceil(16) {
+        Int8Kernel::Avx512Vnni | Int8Kernel::Amx => match t.len.div_ceil(16) {
             3 => x86::tile_avx512::<3>(t),
             2 => x86::tile_avx512::<2>(t),
             _ => x86::tile_avx512::<1>(t),
@@ -289,7 +289,7 @@ pub(crate) fn depthwise_sums(kernel: Int8Kernel, src: &[u8], taps: &[usize], w: 
         }
         match kernel {
             // SAFETY: the kernel tier is only ever one this CPU supports (checked by the caller).
-            Int8Kernel::Avx512Vnni => return unsafe { avx512(src, taps, w, acc) },
+            Int8Kernel::Avx512Vnni | Int8Kernel::Amx => return unsafe { avx512(src, taps, w, acc) },
             Int8Kernel::AvxVnni | Int8Kernel::Avx2 => return unsafe { avx2(src, taps, w, acc) },
             Int8Kernel::Portable => {}
         }

@@ -35,12 +35,14 @@
 //! per-channel sum).
 //!
 //! ## Kernels
-//! [`Int8Kernel`] names the four implementations, chosen at run time like the f32 engine's tiers:
-//! AVX-512 VNNI (`vpdpbusd` zmm), AVX-VNNI (`vpdpbusd` ymm, VEX), AVX2 (exact `vpmaddwd` on
+//! [`Int8Kernel`] names the five implementations, chosen at run time like the f32 engine's tiers:
+//! AMX-INT8 (`tdpbsud` on 16 × 64-byte tiles, see `amx.rs`; depthwise and the epilogue as on
+//! AVX-512), AVX-512 VNNI (`vpdpbusd` zmm), AVX-VNNI (`vpdpbusd` ymm, VEX), AVX2 (exact `vpmaddwd` on
 //! even/odd byte halves: `vpmaddubsw` would saturate), and portable Rust. All produce the same
 //! integers, hence (sharing the epilogue code) bit-identical outputs. `FERROYOLO_ISA=portable|avx2`
 //! caps the choice as it does for the f32 engine.
 
+mod amx;
 mod conv;
 mod kernels;
 #[cfg(test)]
@@ -66,11 +68,13 @@ pub enum Int8Kernel {
     AvxVnni,
     /// AVX-512 VNNI: 512-bit `vpdpbusd`.
     Avx512Vnni,
+    /// AMX-INT8 tiles for dense convolutions (`tdpbsud`), AVX-512 VNNI for the rest.
+    Amx,
 }
 
 impl Int8Kernel {
     /// Every kernel, slowest first.
-    pub const ALL: [Int8Kernel; 4] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512Vnni];
+    pub const ALL: [Int8Kernel; 5] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512Vnni, Int8Kernel::Amx];
 
     /// The fastest kernel this CPU supports, capped by the engine's tier ([`super::isa`], which
     /// `FERROYOLO_ISA` can lower). Detected once.
@@ -80,7 +84,7 @@ impl Int8Kernel {
             let cap = match simd::isa() {
                 Isa::Portable => Int8Kernel::Portable,
                 Isa::Avx2 => Int8Kernel::AvxVnni,
-                Isa::Avx512 => Int8Kernel::Avx512Vnni,
+                Isa::Avx512 => Int8Kernel::Amx,
             };
             Int8Kernel::ALL.into_iter().filter(|k| k.is_supported() && *k <= cap).max().unwrap_or(Int8Kernel::Portable)
         })
@@ -97,6 +101,7 @@ impl Int8Kernel {
                 Int8Kernel::Avx2 => has!("avx2") && has!("fma"),
                 Int8Kernel::AvxVnni => has!("avx2") && has!("fma") && has!("avxvnni"),
                 Int8Kernel::Avx512Vnni => has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma"),
+                Int8Kernel::Amx => Int8Kernel::Avx512Vnni.is_supported() && amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

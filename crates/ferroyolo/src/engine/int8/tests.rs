@@ -355,7 +355,7 @@ fn detected_kernel_is_supported() {
     assert!(k.is_supported());
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512bw") && crate::engine::isa() == crate::engine::Isa::Avx512 {
-        assert_eq!(k, Int8Kernel::Avx512Vnni);
+        assert!(k >= Int8Kernel::Avx512Vnni, "{k:?}");
     }
 }
 
