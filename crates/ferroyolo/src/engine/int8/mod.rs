@@ -282,6 +282,14 @@ pub(crate) fn quad_buffer(len: usize) -> Vec<u32> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), v.len(), v.capacity()) }
 }
 
+/// An empty quad vector with capacity for `len`, on a recycled engine buffer (for outputs that
+/// are written whole before their length is set).
+pub(crate) fn quad_buffer_uninit(len: usize) -> Vec<u32> {
+    let mut v = std::mem::ManuallyDrop::new(buffers::take(len));
+    // SAFETY: as in `quad_buffer` (an empty vector: no values to reinterpret).
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), 0, v.capacity()) }
+}
+
 fn u32_to_f32_vec(v: Vec<u32>) -> Vec<f32> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: as in `quad_buffer`, the other way round (every bit pattern is some f32).
