@@ -524,6 +524,23 @@ impl QConv2d {
         assert!(reach <= per_channel, "QConv2d: depthwise phase layout too small");
         let work_rows = |g: usize| {
             let channels = (self.in_channels - 4 * g).min(4);
+            if kernel >= Int8Kernel::Avx512Vnni {
+                // Straight from the quads: one quad phase layout, the 4 channels' sums at once.
+                let kk = k * k;
+                let w: Vec<[i32; 4]> = (0..kk)
+                    .map(|t| std::array::from_fn(|j| if j < channels { (self.weight[(4 * g + j) * kk + t] as u8 as i32) << (8 * j) } else { 0 }))
+                    .collect();
+                with_scratch(&SCRATCH_U32, per_channel, |phases| {
+                    with_scratch(&SCRATCH_I32, 4 * nq, |acc| {
+                        fill_phases(x.quad_plane(img, g), geo, s, p, zp as u32 * 0x0101_0101, phases, |v| v);
+                        kernels::depthwise_quads(kernel, phases, &taps, &w, acc, nq);
+                        for y in 0..geo.ho {
+                            segment(kernel, epi, &acc[y * geo.wq..], nq, geo.wo, 4 * g, channels, y * geo.wo);
+                        }
+                    });
+                });
+                return;
+            }
             with_scratch(&SCRATCH_U8, per_channel, |phases| {
                 with_scratch(&SCRATCH_I32, channels * nq, |acc| {
                     let src = x.quad_plane(img, g);

@@ -136,6 +136,30 @@ mod x86 {
         }
     }
 
+    /// See [`depthwise_quads`](super::depthwise_quads).
+    ///
+    /// # Safety
+    /// AVX-512 VNNI; the bounds `depthwise_quads` asserts.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn depthwise_quads_avx512(src: &[u32], taps: &[usize], w: &[[i32; 4]], acc: &mut [i32], nq: usize) {
+        let mut x = 0;
+        while x < nq {
+            let n = (nq - x).min(16);
+            let m = ((1u32 << n) - 1) as u16;
+            let mut a = [_mm512_setzero_si512(); 4];
+            for (&off, wt) in taps.iter().zip(w) {
+                let b = _mm512_maskz_loadu_epi32(m, src.as_ptr().add(off + x).cast());
+                for (a, &wj) in a.iter_mut().zip(wt) {
+                    *a = _mm512_dpbusd_epi32(*a, b, _mm512_set1_epi32(wj));
+                }
+            }
+            for (j, a) in a.iter().enumerate() {
+                _mm512_mask_storeu_epi32(acc.as_mut_ptr().add(j * nq + x).cast(), m, *a);
+            }
+            x += 16;
+        }
+    }
+
     /// Lane mask for a 256-bit masked load: lanes `< n` set.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -296,4 +320,24 @@ pub(crate) fn depthwise_sums(kernel: Int8Kernel, src: &[u8], taps: &[usize], w: 
     }
     let _ = kernel;
     generic(src, taps, w, acc)
+}
+
+/// Depthwise on channel quads with `vpdpbusd` (AVX-512 VNNI): for the 4 channels `j` of one quad
+/// plane's phase layout, `acc[j·nq + x] = Σ_t w[t][j] · byte j of src[taps[t] + x]`, `x < nq`. Each
+/// weight quad holds its channel's weight in byte `j` and zeros elsewhere, so the dot product over
+/// a pixel's 4 channel bytes picks that channel alone: 4 instructions per tap for 16 pixels × 4
+/// channels, straight from the quad layout (no per-channel byte planes).
+///
+/// # Panics
+/// If `kernel` is below [`Int8Kernel::Avx512Vnni`] or the reads or writes would leave the slices.
+pub(crate) fn depthwise_quads(kernel: Int8Kernel, src: &[u32], taps: &[usize], w: &[[i32; 4]], acc: &mut [i32], nq: usize) {
+    assert!(kernel >= Int8Kernel::Avx512Vnni && kernel.is_supported(), "depthwise_quads: needs AVX-512 VNNI");
+    assert!(taps.len() == w.len() && acc.len() >= 4 * nq, "depthwise_quads: taps, weights and sums disagree");
+    assert!(taps.iter().max().map_or(0, |&t| t) + nq <= src.len(), "depthwise_quads: input run out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 VNNI is supported (asserted); every load reads src[tap + x .. tap + x + n] with
+    // tap + nq <= src.len() (asserted, masked past nq) and every store acc[j·nq + x ..] below 4·nq.
+    unsafe {
+        x86::depthwise_quads_avx512(src, taps, w, acc, nq)
+    }
 }
