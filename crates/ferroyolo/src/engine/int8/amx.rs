@@ -164,53 +164,82 @@ impl TileConfig {
     }
 }
 
-/// One 32 × 32 block of accumulators: M tiles `m` and `m + 1` of `w` times the B tiles at
+/// One block of accumulators: M tile `m` (and `m + 1` when `pair`) of `w` times the B tiles at
 /// `b[g]` and `b[g] + 16` quads (rows `b_stride` bytes apart) for every k-group `g`, stored into
-/// `acc` (32 rows of `acc_stride` `i32`s: rows = output channels, columns = grid positions).
+/// `acc` (16 or 32 rows of `acc_stride` `i32`s: rows = output channels, columns = 32 grid
+/// positions). A layer with at most 16 output channels runs single tiles, not a pair of which
+/// one would be padding.
 ///
 /// # Safety
 /// AMX must be [`available`], and the caller must have loaded `TileConfig::new(w.kq)` on this
-/// thread ([`with_tiles`]); `m + 1 < w.m_tiles`; `b` has `w.groups` pointers, each readable for
-/// `kq` rows of 32 quads at `b_stride` bytes apart; `acc` is writable for 32 rows of
-/// `acc_stride ≥ 32`.
+/// thread ([`with_tiles`]); `m + pair < w.m_tiles`; `b` has `w.groups` pointers, each readable for
+/// `kq` rows of 32 quads at `b_stride` bytes apart; `acc` is writable for 16 (32 with `pair`) rows
+/// of `acc_stride ≥ 32`.
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn block(w: &Weights, m: usize, b: &[*const u32], b_stride: usize, acc: *mut i32, acc_stride: usize) {
+pub(crate) unsafe fn block(w: &Weights, m: usize, pair: bool, b: &[*const u32], b_stride: usize, acc: *mut i32, acc_stride: usize) {
     use std::arch::asm;
-    debug_assert!(m + 1 < w.m_tiles && b.len() == w.groups && acc_stride >= 32);
+    debug_assert!(m + (pair as usize) < w.m_tiles && b.len() == w.groups && acc_stride >= 32);
     let a_stride = w.kq * 4;
-    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
-    for (g, &bp) in b.iter().enumerate() {
+    let sc = acc_stride * 4;
+    if pair {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
+        for (g, &bp) in b.iter().enumerate() {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tdpbsud tmm1, tmm4, tmm7",
+                "tdpbsud tmm2, tmm5, tmm6",
+                "tdpbsud tmm3, tmm5, tmm7",
+                a0 = in(reg) w.tile(m, g),
+                a1 = in(reg) w.tile(m + 1, g),
+                b0 = in(reg) bp,
+                b1 = in(reg) bp.add(16),
+                sa = in(reg) a_stride,
+                sb = in(reg) b_stride,
+                options(nostack, readonly)
+            );
+        }
         asm!(
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tileloadd tmm6, [{b0} + {sb}*1]",
-            "tileloadd tmm7, [{b1} + {sb}*1]",
-            "tdpbsud tmm0, tmm4, tmm6",
-            "tdpbsud tmm1, tmm4, tmm7",
-            "tdpbsud tmm2, tmm5, tmm6",
-            "tdpbsud tmm3, tmm5, tmm7",
-            a0 = in(reg) w.tile(m, g),
-            a1 = in(reg) w.tile(m + 1, g),
-            b0 = in(reg) bp,
-            b1 = in(reg) bp.add(16),
-            sa = in(reg) a_stride,
-            sb = in(reg) b_stride,
-            options(nostack, readonly)
+            "tilestored [{c00} + {sc}*1], tmm0",
+            "tilestored [{c01} + {sc}*1], tmm1",
+            "tilestored [{c10} + {sc}*1], tmm2",
+            "tilestored [{c11} + {sc}*1], tmm3",
+            c00 = in(reg) acc,
+            c01 = in(reg) acc.add(16),
+            c10 = in(reg) acc.add(16 * acc_stride),
+            c11 = in(reg) acc.add(16 * acc_stride + 16),
+            sc = in(reg) sc,
+            options(nostack)
+        );
+    } else {
+        asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
+        for (g, &bp) in b.iter().enumerate() {
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tdpbsud tmm1, tmm4, tmm7",
+                a0 = in(reg) w.tile(m, g),
+                b0 = in(reg) bp,
+                b1 = in(reg) bp.add(16),
+                sa = in(reg) a_stride,
+                sb = in(reg) b_stride,
+                options(nostack, readonly)
+            );
+        }
+        asm!(
+            "tilestored [{c00} + {sc}*1], tmm0",
+            "tilestored [{c01} + {sc}*1], tmm1",
+            c00 = in(reg) acc,
+            c01 = in(reg) acc.add(16),
+            sc = in(reg) sc,
+            options(nostack)
         );
     }
-    let sc = acc_stride * 4;
-    asm!(
-        "tilestored [{c00} + {sc}*1], tmm0",
-        "tilestored [{c01} + {sc}*1], tmm1",
-        "tilestored [{c10} + {sc}*1], tmm2",
-        "tilestored [{c11} + {sc}*1], tmm3",
-        c00 = in(reg) acc,
-        c01 = in(reg) acc.add(16),
-        c10 = in(reg) acc.add(16 * acc_stride),
-        c11 = in(reg) acc.add(16 * acc_stride + 16),
-        sc = in(reg) sc,
-        options(nostack)
-    );
 }
 
 /// Runs `f` with the tile configuration for `kq`-quad k-groups loaded on this thread, then

@@ -613,11 +613,14 @@ fn dense_amx(w: &amx::Weights, chans: &[&[u32]], quad_stride: usize, taps: &[usi
                             NA * 4
                         };
                         for pair in m0..m1 {
+                            // Both tiles of the pair unless the second holds no real output channel.
+                            let both = 32 * pair + 16 < epi.out_channels;
                             // SAFETY: AMX is available (the kernel was chosen only then) and the tiles are
                             // configured for kq (`with_tiles`); 2·pair + 1 < m_tiles; every B pointer is
                             // readable for kq rows of NA quads at b_stride; acc holds 32 rows of NA.
-                            unsafe { amx::block(w, 2 * pair, &b, b_stride, acc.as_mut_ptr(), NA) };
-                            epilogue(Int8Kernel::Amx, epi, acc, NA, 4 * pair..4 * pair + 4, n0, len, geo);
+                            unsafe { amx::block(w, 2 * pair, both, &b, b_stride, acc.as_mut_ptr(), NA) };
+                            let panels = if both { 4 } else { 2 };
+                            epilogue(Int8Kernel::Amx, epi, acc, NA, 4 * pair..4 * pair + panels, n0, len, geo);
                         }
                     }
                 };
@@ -811,6 +814,15 @@ mod epilogue_avx512 {
         _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255))
     }
 
+    /// Byte mask of the first `n` (at most 16) quads.
+    fn mask64(n: usize) -> __mmask64 {
+        if n >= 16 {
+            u64::MAX
+        } else {
+            (1u64 << (4 * n)) - 1
+        }
+    }
+
     fn mask(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
@@ -850,21 +862,32 @@ mod epilogue_avx512 {
             }
             Sink::U8 { out, inv_scale, zero_point } => {
                 let (inv, zp) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero_point as i32));
-                let lanes: [_; 4] = std::array::from_fn(|j| if j < channels { lane(j) } else { lane(0) });
-                let dst = out.get().add(oc0 / 4 * epi.plane + pixel);
-                let mut i = 0;
-                while i < len {
-                    let m = mask(len - i);
-                    // Missing channels of the last quad hold the zero point.
-                    let mut quad = _mm512_set1_epi32((zero_point as u32 * 0x0101_0101) as i32);
-                    for (j, &(corr, mult, bias)) in lanes.iter().enumerate().take(channels) {
-                        let a = _mm512_maskz_loadu_epi32(m, acc.as_ptr().add(j * stride + i).cast());
-                        let q = requantize(dequant(&c, a, corr, mult, bias, epi.silu), inv, zp);
-                        let keep = _mm512_set1_epi32(!(0xffu32 << (8 * j)) as i32);
-                        quad = _mm512_or_si512(_mm512_and_si512(quad, keep), _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * j as i32)));
+                let dst = out.get().add(oc0 / 4 * epi.plane + pixel).cast::<u8>();
+                // Channel by channel like the f32 sink: each writes its byte of the quads with a
+                // byte-masked store; missing channels of the last quad get the zero point.
+                for j in 0..4 {
+                    let lanes = 0x1111_1111_1111_1111u64 << j;
+                    let shift = _mm_cvtsi32_si128(8 * j as i32);
+                    if j >= channels {
+                        let fill = _mm512_sll_epi32(zp, shift);
+                        let mut i = 0;
+                        while i < len {
+                            let m = lanes & mask64(len - i);
+                            _mm512_mask_storeu_epi8(dst.add(4 * i).cast(), m, fill);
+                            i += 16;
+                        }
+                        continue;
                     }
-                    _mm512_mask_storeu_epi32(dst.add(i).cast(), m, quad);
-                    i += 16;
+                    let (corr, mult, bias) = lane(j);
+                    let src = acc.as_ptr().add(j * stride);
+                    let mut i = 0;
+                    while i < len {
+                        let m = mask(len - i);
+                        let a = _mm512_maskz_loadu_epi32(m, src.add(i).cast());
+                        let q = requantize(dequant(&c, a, corr, mult, bias, epi.silu), inv, zp);
+                        _mm512_mask_storeu_epi8(dst.add(4 * i).cast(), lanes & mask64(len - i), _mm512_sll_epi32(q, shift));
+                        i += 16;
+                    }
                 }
             }
             Sink::I32(_) => super::segment_generic(epi, acc, stride, len, oc0, channels, pixel),
