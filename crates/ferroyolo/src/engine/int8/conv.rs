@@ -663,6 +663,30 @@ fn epilogue(
     len: usize,
     geo: Geometry,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(kernel, Int8Kernel::Avx512Vnni | Int8Kernel::Amx) {
+        // SAFETY: these tiers imply AVX-512F/BW and FMA (asserted in `run`).
+        return unsafe { epilogue_avx512::tile(epi, tile, stride, panels, n0, len, geo) };
+    }
+    walk_tile(epi, tile, stride, panels, n0, len, geo, |rows, l, oc0, channels, pixel| {
+        segment(kernel, epi, rows, stride, l, oc0, channels, pixel)
+    });
+}
+
+/// The runs of [`epilogue`]: `seg(rows, len, oc0, channels, pixel)` for each quad of output
+/// channels and each stretch of valid columns of one output row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn walk_tile(
+    epi: &Epilogue,
+    tile: &[i32],
+    stride: usize,
+    panels: std::ops::Range<usize>,
+    n0: usize,
+    len: usize,
+    geo: Geometry,
+    mut seg: impl FnMut(&[i32], usize, usize, usize, usize),
+) {
     let mut j = 0;
     while j < len {
         let (y, x) = ((n0 + j) / geo.wq, (n0 + j) % geo.wq);
@@ -677,7 +701,7 @@ fn epilogue(
                     }
                     let rows = &tile[(pi * MR + half * 4) * stride + j..];
                     let channels = (epi.out_channels - oc0).min(4);
-                    segment(kernel, epi, rows, stride, l, oc0, channels, y * geo.wo + x);
+                    seg(rows, l, oc0, channels, y * geo.wo + x);
                 }
             }
         }
@@ -838,8 +862,27 @@ mod epilogue_avx512 {
     #[target_feature(enable = "avx512f,avx512bw,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn segment(epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
-        assert!(len > 0 && acc.len() >= (channels - 1) * stride + len, "epilogue: accumulator rows too short");
+        segment_with(&Consts::new(), epi, acc, stride, len, oc0, channels, pixel)
+    }
+
+    /// [`super::epilogue`] of a whole tile, the constants set up once.
+    ///
+    /// # Safety
+    /// As [`segment`].
+    #[target_feature(enable = "avx512f,avx512bw,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(epi: &Epilogue, tile: &[i32], stride: usize, panels: std::ops::Range<usize>, n0: usize, len: usize, geo: super::Geometry) {
         let c = Consts::new();
+        super::walk_tile(epi, tile, stride, panels, n0, len, geo, |rows, l, oc0, channels, pixel| {
+            // SAFETY: as this function's contract.
+            unsafe { segment_with(&c, epi, rows, stride, l, oc0, channels, pixel) }
+        });
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn segment_with(c: &Consts, epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: usize, channels: usize, pixel: usize) {
+        assert!(len > 0 && acc.len() >= (channels - 1) * stride + len, "epilogue: accumulator rows too short");
         let lane = |j: usize| {
             let oc = oc0 + j;
             (_mm512_set1_epi32(epi.corr[oc]), _mm512_set1_ps(epi.mult[oc]), _mm512_set1_ps(epi.bias[oc]))
@@ -855,7 +898,7 @@ mod epilogue_avx512 {
                     while i < len {
                         let m = mask(len - i);
                         let a = _mm512_maskz_loadu_epi32(m, src.add(i).cast());
-                        _mm512_mask_storeu_ps(dst.add(i), m, dequant(&c, a, corr, mult, bias, epi.silu));
+                        _mm512_mask_storeu_ps(dst.add(i), m, dequant(c, a, corr, mult, bias, epi.silu));
                         i += 16;
                     }
                 }
@@ -884,7 +927,7 @@ mod epilogue_avx512 {
                     while i < len {
                         let m = mask(len - i);
                         let a = _mm512_maskz_loadu_epi32(m, src.add(i).cast());
-                        let q = requantize(dequant(&c, a, corr, mult, bias, epi.silu), inv, zp);
+                        let q = requantize(dequant(c, a, corr, mult, bias, epi.silu), inv, zp);
                         _mm512_mask_storeu_epi8(dst.add(4 * i).cast(), lanes & mask64(len - i), _mm512_sll_epi32(q, shift));
                         i += 16;
                     }
