@@ -448,7 +448,7 @@ impl QConv2d {
                 (0..quads).map(|g| x.quad_plane(img, g)).collect()
             } else {
                 let planes: Vec<&[u32]> = (0..quads).map(|g| x.quad_plane(img, g)).collect();
-                build_phases(&planes, geo, s, p, pad, phases);
+                build_phases(kernel, &planes, geo, s, p, pad, phases);
                 phases.chunks(per_quad).collect()
             };
             let reach = taps.iter().max().map_or(0, |&t| t) + nq;
@@ -532,7 +532,7 @@ impl QConv2d {
                     .collect();
                 with_scratch(&SCRATCH_U32, per_channel, |phases| {
                     with_scratch(&SCRATCH_I32, 4 * nq, |acc| {
-                        fill_phases(x.quad_plane(img, g), geo, s, p, zp as u32 * 0x0101_0101, phases, |v| v);
+                        fill_quad_phases(kernel, x.quad_plane(img, g), geo, s, p, zp as u32 * 0x0101_0101, phases);
                         kernels::depthwise_quads(kernel, phases, &taps, &w, acc, nq);
                         for y in 0..geo.ho {
                             segment(kernel, epi, &acc[y * geo.wq..], nq, geo.wo, 4 * g, channels, y * geo.wo);
@@ -1078,20 +1078,38 @@ fn segment_generic(epi: &Epilogue, acc: &[i32], stride: usize, len: usize, oc0: 
 
 /// Writes quad planes into the phase layout of `geo` (as the f32 convolution's `build_phases`, on
 /// quads, padding with `pad`): `dst[(g·s² + a·s + b)·hq·wq + i·wq + j] = planes[g][(i·s + a - p)·w + j·s + b - p]`.
-fn build_phases(planes: &[&[u32]], geo: Geometry, s: usize, p: usize, pad: u32, dst: &mut [u32]) {
+fn build_phases(kernel: Int8Kernel, planes: &[&[u32]], geo: Geometry, s: usize, p: usize, pad: u32, dst: &mut [u32]) {
     let per_quad = s * s * geo.hq * geo.wq;
     let dst = &mut dst[..planes.len() * per_quad];
     let base = SyncPtr(dst.as_mut_ptr());
     let one = |g: usize| {
         // SAFETY: item g writes its own quad's phases, inside `dst`.
         let d = unsafe { std::slice::from_raw_parts_mut(base.get().add(g * per_quad), per_quad) };
-        fill_phases(planes[g], geo, s, p, pad, d, |v| v);
+        fill_quad_phases(kernel, planes[g], geo, s, p, pad, d);
     };
     if dst.len() >= 1 << 15 && planes.len() > 1 {
         parallel_for(planes.len(), &one);
     } else {
         (0..planes.len()).for_each(one);
     }
+}
+
+/// [`fill_phases`] of one quad plane, compiled for AVX-512 when the kernel tier has it (the
+/// stride-2 de-interleave vectorises there; in the baseline build it is a scalar loop).
+fn fill_quad_phases(kernel: Int8Kernel, src: &[u32], geo: Geometry, s: usize, p: usize, pad: u32, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn avx512(src: &[u32], geo: Geometry, s: usize, p: usize, pad: u32, dst: &mut [u32]) {
+            fill_phases(src, geo, s, p, pad, dst, |v| v)
+        }
+        if kernel >= Int8Kernel::Avx512Vnni {
+            // SAFETY: these tiers imply AVX-512F/BW (asserted in `run`).
+            return unsafe { avx512(src, geo, s, p, pad, dst) };
+        }
+    }
+    let _ = kernel;
+    fill_phases(src, geo, s, p, pad, dst, |v| v)
 }
 
 /// Byte `lane` of each quad of `plane` into a byte phase layout (one channel, for depthwise).
@@ -1121,6 +1139,16 @@ fn fill_phases<S: Copy, T: Copy>(src: &[S], geo: Geometry, s: usize, p: usize, p
             if s == 1 {
                 for (d, &v) in row[j0..j1].iter_mut().zip(&srow[x0..]) {
                     *d = f(v);
+                }
+            } else if s == 2 {
+                // Pairs, not `step_by`, so that the compiler sees an interleaved load it vectorises.
+                let (n, src) = (j1 - j0, &srow[x0..]);
+                let pairs = n.min(src.len() / 2);
+                for (d, pair) in row[j0..j0 + pairs].iter_mut().zip(src.chunks_exact(2)) {
+                    *d = f(pair[0]);
+                }
+                for j in pairs..n {
+                    row[j0 + j] = f(src[2 * j]);
                 }
             } else {
                 for (d, &v) in row[j0..j1].iter_mut().zip(srow[x0..].iter().step_by(s)) {
