@@ -1051,6 +1051,9 @@ impl Layer {
     }
 }
 
+/// What [`Yolo26::forward_observed`] calls with each layer's index and output.
+type LayerObserver<'a> = dyn FnMut(usize, &Tensor) + 'a;
+
 /// A YOLO26 detection model: the resolved layer graph with its weights.
 #[derive(Clone, Debug)]
 pub struct Yolo26 {
@@ -1189,9 +1192,9 @@ impl Yolo26 {
             }
         }
         let mut joined = vec![Want::Any; self.layers.len()];
-        for i in 0..self.layers.len() {
+        for (i, &w) in wants.iter().enumerate() {
             let r = root(&mut group, i);
-            joined[r] = joined[r].and(wants[i]);
+            joined[r] = joined[r].and(w);
         }
         for (i, w) in wants.iter_mut().enumerate() {
             // A concatenation's output joins its parts; so do the layers it is read by only through it.
@@ -1202,7 +1205,7 @@ impl Yolo26 {
 
     /// The network up to the Detect layer, whose input features go to `head`, with the `u8`
     /// dataflow: each layer writes its output in the format its readers want ([`Yolo26::output_wants`]).
-    fn forward_to_head<R>(&self, x: &Tensor, mut observe: Option<&mut dyn FnMut(usize, &Tensor)>, head: impl FnOnce(&Detect, &[&Act]) -> R) -> R {
+    fn forward_to_head<R>(&self, x: &Tensor, mut observe: Option<&mut LayerObserver>, head: impl FnOnce(&Detect, &[&Act]) -> R) -> R {
         let wants = self.output_wants();
         let input_act = Act::Input(x);
         let mut outputs: Vec<Option<Act>> = (0..self.layers.len()).map(|_| None).collect();

@@ -280,16 +280,21 @@ pub fn add_quantized(y: &Tensor, x: &QTensor, out: QParams) -> QTensor {
         let dst = unsafe { region(dst_ptr, gi * plane, plane) };
         let xq = x.quad_plane(img, g);
         let present = (c - 4 * g).min(4);
-        for (j, ch) in (4 * g..4 * g + present).enumerate() {
-            let yp = y.plane(img, ch);
-            let shift = 8 * j;
-            for ((d, &q), &v) in dst.iter_mut().zip(xq).zip(yp) {
-                let xv = ((q >> shift & 0xff) as i32 - xzp) as f32 * xs;
-                *d |= requantize(v + xv, inv, zp) << shift;
+        let add = |q: u32, shift: u32, v: f32| requantize(v + ((q >> shift & 0xff) as i32 - xzp) as f32 * xs, inv, zp) << shift;
+        if present == 4 {
+            // One pass over whole quads, so that it vectorises.
+            let [y0, y1, y2, y3] = std::array::from_fn(|j| y.plane(img, 4 * g + j));
+            for (((((d, &q), &a), &b), &c), &e) in dst.iter_mut().zip(xq).zip(y0).zip(y1).zip(y2).zip(y3) {
+                *d = add(q, 0, a) | add(q, 8, b) | add(q, 16, c) | add(q, 24, e);
             }
-        }
-        for j in present..4 {
-            dst.iter_mut().for_each(|d| *d |= u32::from(out.zero_point) << (8 * j));
+        } else {
+            let fill = (present..4).fold(0u32, |acc, j| acc | u32::from(out.zero_point) << (8 * j));
+            dst.fill(fill);
+            for j in 0..present {
+                for ((d, &q), &v) in dst.iter_mut().zip(xq).zip(y.plane(img, 4 * g + j)) {
+                    *d |= add(q, 8 * j as u32, v);
+                }
+            }
         }
     };
     for_items(n * groups, n * groups * plane, &work);
