@@ -47,8 +47,9 @@ pub struct ConvBn {
 }
 
 /// The INT8 execution of a [`ConvBn`]: its folded weights quantized per output channel and the
-/// calibrated range of its input. The input is quantized on entry and the output leaves the
-/// kernel's fused epilogue (bias, activation) in f32.
+/// calibrated range of its input. The output leaves the kernel's fused epilogue (bias, activation)
+/// in f32, or requantized to `u8` where only INT8 layers read it (see [`Yolo26::forward`]); an f32
+/// input is quantized with `input` on entry, a `u8` one is read with its own parameters.
 #[derive(Clone, Debug)]
 pub struct Int8Conv {
     pub conv: QConv2d,

@@ -9,6 +9,7 @@
 //! arithmetic at all, and the others dequantize, compute in f32 and requantize exactly as
 //! [`dequantize`] and [`quantize_tensor`] do.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::{quad_buffer, requantize, QParams, QTensor};
@@ -51,6 +52,23 @@ unsafe fn region<'a>(out: SharedOut, start: usize, len: usize) -> &'a mut [u32] 
     unsafe { std::slice::from_raw_parts_mut(out.get().add(start), len) }
 }
 
+/// An empty quad vector with capacity for `len` quads, on a recycled engine buffer: for outputs
+/// written whole (through [`region_uninit`]), which then need no zero-fill pass first.
+fn uninit_quads(len: usize) -> Vec<u32> {
+    let mut v = std::mem::ManuallyDrop::new(crate::engine::buffers::take(len));
+    // SAFETY: u32 and f32 have the same size and alignment; the allocation is handed over whole
+    // (pointer, capacity) with length 0, so no element is claimed initialised.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), 0, v.capacity()) }
+}
+
+/// As [`region`], for output not yet initialised (the capacity of an [`uninit_quads`] vector).
+///
+/// # Safety
+/// As [`region`].
+unsafe fn region_uninit<'a>(out: SharedOut, start: usize, len: usize) -> &'a mut [MaybeUninit<u32>] {
+    unsafe { std::slice::from_raw_parts_mut(out.get().add(start).cast(), len) }
+}
+
 /// The quads as bytes (channel `4g + j` of a pixel is byte `j` of its quad on little-endian targets;
 /// byte-wise operations such as max and copies do not depend on which byte is which).
 fn bytes(quads: &[u32]) -> &[u8] {
@@ -71,7 +89,8 @@ pub fn quantize_rows(x: &Tensor, params: QParams) -> QTensor {
     let span = profile::start();
     let [n, c, h, w] = x.shape();
     let (plane, groups) = (h * w, c.div_ceil(4));
-    let mut data = quad_buffer(n * groups * plane);
+    let total = n * groups * plane;
+    let mut data = uninit_quads(total);
     let (inv, zp) = (1.0 / params.scale, f32::from(params.zero_point));
     // Rows per item: about 8k pixels, whole rows.
     let rows = (8192 / w.max(1)).clamp(1, h.max(1));
@@ -83,7 +102,7 @@ pub fn quantize_rows(x: &Tensor, params: QParams) -> QTensor {
         let (y0, y1) = (chunk * rows, ((chunk + 1) * rows).min(h));
         let px = y0 * w..y1 * w;
         // SAFETY: item i writes rows y0..y1 of quad plane gi only.
-        let dst = unsafe { region(out, gi * plane + px.start, px.len()) };
+        let dst = unsafe { region_uninit(out, gi * plane + px.start, px.len()) };
         let present = (c - 4 * g).min(4);
         let src = |j: usize| &x.plane(img, 4 * g + j.min(present - 1))[px.clone()];
         let q = |v: f32| requantize(v, inv, zp);
@@ -92,27 +111,29 @@ pub fn quantize_rows(x: &Tensor, params: QParams) -> QTensor {
         match present {
             4 => {
                 for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)).zip(src(3)) {
-                    *d = q(a) | q(b) << 8 | q(c) << 16 | q(e) << 24;
+                    d.write(q(a) | q(b) << 8 | q(c) << 16 | q(e) << 24);
                 }
             }
             3 => {
                 for (((d, &a), &b), &c) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)) {
-                    *d = q(a) | q(b) << 8 | q(c) << 16 | zpq << 24;
+                    d.write(q(a) | q(b) << 8 | q(c) << 16 | zpq << 24);
                 }
             }
             2 => {
                 for ((d, &a), &b) in dst.iter_mut().zip(src(0)).zip(src(1)) {
-                    *d = q(a) | q(b) << 8 | zpq << 16 | zpq << 24;
+                    d.write(q(a) | q(b) << 8 | zpq << 16 | zpq << 24);
                 }
             }
             _ => {
                 for (d, &a) in dst.iter_mut().zip(src(0)) {
-                    *d = q(a) | zpq << 8 | zpq << 16 | zpq << 24;
+                    d.write(q(a) | zpq << 8 | zpq << 16 | zpq << 24);
                 }
             }
         }
     };
-    for_items(n * groups * chunks, n * groups * plane, &work);
+    for_items(n * groups * chunks, total, &work);
+    // SAFETY: the items wrote every quad (all rows of every quad plane).
+    unsafe { data.set_len(total) };
     span.finish(0, || format!("int8 quantize [{n}, {c}, {h}, {w}] (rows)"));
     QTensor { shape: [n, c, h, w], params, data }
 }
@@ -145,16 +166,19 @@ pub fn concat_quantized(parts: &[(&QTensor, Range<usize>)]) -> Option<QTensor> {
     // Output quad group -> (part, its quad group).
     let sources: Vec<(usize, usize)> = parts.iter().enumerate().flat_map(|(i, (_, r))| (r.start / 4..r.end.div_ceil(4)).map(move |g| (i, g))).collect();
     debug_assert_eq!(sources.len(), groups);
-    let mut data = quad_buffer(n * groups * plane);
+    let total = n * groups * plane;
+    let mut data = uninit_quads(total);
     let out = SharedOut(data.as_mut_ptr());
     let work = |gi: usize| {
         let (img, g) = (gi / groups, gi % groups);
         let (part, pg) = sources[g];
-        // SAFETY: item gi writes quad plane gi only.
-        let dst = unsafe { region(out, gi * plane, plane) };
-        dst.copy_from_slice(parts[part].0.quad_plane(img, pg));
+        let src = parts[part].0.quad_plane(img, pg);
+        // SAFETY: item gi writes quad plane gi only, `plane` quads inside the capacity.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.get().add(gi * plane), plane) };
     };
-    for_items(n * groups, n * groups * plane, &work);
+    for_items(n * groups, total, &work);
+    // SAFETY: the items wrote every quad plane.
+    unsafe { data.set_len(total) };
     span.finish(0, || format!("int8 concat {} parts -> [{n}, {c}, {h}, {w}]", parts.len()));
     Some(QTensor { shape: [n, c, h, w], params, data })
 }
@@ -168,23 +192,28 @@ pub fn upsample_nearest_quantized(x: &QTensor, scale: usize) -> QTensor {
     let span = profile::start();
     let [n, c, h, w] = x.shape();
     let (ho, wo, groups) = (h * scale, w * scale, x.quad_channels());
-    let mut data = quad_buffer(n * groups * ho * wo);
+    let total = n * groups * ho * wo;
+    let mut data = uninit_quads(total);
     let out = SharedOut(data.as_mut_ptr());
     let work = |gi: usize| {
         let src = x.quad_plane(gi / groups, gi % groups);
         // SAFETY: item gi writes output quad plane gi only.
-        let dst = unsafe { region(out, gi * ho * wo, ho * wo) };
+        let dst = unsafe { region_uninit(out, gi * ho * wo, ho * wo) };
         for (rows, src) in dst.chunks_exact_mut(wo * scale).zip(src.chunks_exact(w)) {
             let (first, rest) = rows.split_at_mut(wo);
             for (d, &v) in first.chunks_exact_mut(scale).zip(src) {
-                d.fill(v);
+                d.iter_mut().for_each(|d| {
+                    d.write(v);
+                });
             }
             for r in rest.chunks_exact_mut(wo) {
                 r.copy_from_slice(first);
             }
         }
     };
-    for_items(n * groups, n * groups * ho * wo, &work);
+    for_items(n * groups, total, &work);
+    // SAFETY: the items wrote every row of every output quad plane.
+    unsafe { data.set_len(total) };
     span.finish(0, || format!("int8 upsample x{scale} [{n}, {c}, {h}, {w}]"));
     QTensor { shape: [n, c, ho, wo], params: x.params(), data }
 }
