@@ -203,7 +203,8 @@ fn chained_int8_layers_equal_layer_by_layer_execution() {
     let (q, _) = quantize(&src, images, &QuantizeOptions { sensitivity: false, ..Default::default() }).unwrap();
     let model = model::from_checkpoint(&q).unwrap().0;
     let x = &images[0];
-    let chained = model.forward_both(x);
+    // forward_layerwise keeps f32 between layers but u8 inside blocks' convolution chains.
+    let chained = (model.forward_layerwise(x, HeadMode::OneToMany), model.forward_layerwise(x, HeadMode::OneToOne));
     // An observer makes every layer run on its own, with f32 between layers.
     let one_by_one = ferroyolo::model::yolo26::with_conv_input_observer(Box::new(|_, _| {}), || model.forward_both(x));
     for (a, b) in [(&chained.0, &one_by_one.0), (&chained.1, &one_by_one.1)] {

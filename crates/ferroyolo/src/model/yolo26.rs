@@ -5,6 +5,7 @@
 //! and channel surgery can work on the same structures; for inference each Conv+BatchNorm pair is
 //! also folded into a single engine convolution when it is loaded.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -12,7 +13,10 @@ use anyhow::{bail, Context, Result};
 
 use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
-use crate::engine::int8::{quantize_parts, QConv2d, QParams, QTensor};
+use crate::engine::int8::{
+    add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_parts, quantize_rows, requantize_tensor, union_params, upsample_nearest_quantized, QConv2d, QParams,
+    QTensor,
+};
 use crate::engine::{self, Activation, Conv2d, Tensor};
 
 /// BatchNorm epsilon used by every YOLO26 BatchNorm layer.
@@ -43,8 +47,9 @@ pub struct ConvBn {
 }
 
 /// The INT8 execution of a [`ConvBn`]: its folded weights quantized per output channel and the
-/// calibrated range of its input. The input is quantized on entry and the output leaves the
-/// kernel's fused epilogue (bias, activation) in f32.
+/// calibrated range of its input. The output leaves the kernel's fused epilogue (bias, activation)
+/// in f32, or requantized to `u8` where only INT8 layers read it (see [`Yolo26::forward`]); an f32
+/// input is quantized with `input` on entry, a `u8` one is read with its own parameters.
 #[derive(Clone, Debug)]
 pub struct Int8Conv {
     pub conv: QConv2d,
@@ -116,6 +121,124 @@ pub fn forward_chain(convs: &[&ConvBn], x: &Tensor) -> Tensor {
         }
     }
     cur_f.expect("a chain ends with an f32 output")
+}
+
+/// An activation flowing between the layers of a model: f32, or `u8` where INT8 layers read it (so
+/// that a quantized model does not round-trip every activation through f32).
+enum Act<'a> {
+    F32(Tensor),
+    /// The network input, not copied.
+    Input(&'a Tensor),
+    Q(QTensor),
+}
+
+impl Act<'_> {
+    fn shape(&self) -> [usize; 4] {
+        match self {
+            Act::F32(t) => t.shape(),
+            Act::Input(t) => t.shape(),
+            Act::Q(q) => q.shape(),
+        }
+    }
+
+    /// The f32 values (dequantized for a float consumer when quantized).
+    fn f32(&self) -> Cow<'_, Tensor> {
+        match self {
+            Act::F32(t) => Cow::Borrowed(t),
+            Act::Input(t) => Cow::Borrowed(*t),
+            Act::Q(q) => Cow::Owned(dequantize_profiled(q)),
+        }
+    }
+
+    fn into_f32(self) -> Tensor {
+        match self {
+            Act::F32(t) => t,
+            other => other.f32().into_owned(),
+        }
+    }
+
+    /// The input of an INT8 convolution calibrated to `params`: a quantized activation as it is
+    /// (the convolution's epilogue reads its input's own parameters), an f32 one quantized to `params`.
+    fn quantized(&self, params: QParams) -> Cow<'_, QTensor> {
+        match self {
+            Act::Q(q) => Cow::Borrowed(q),
+            other => Cow::Owned(quantize_rows(&other.f32(), params)),
+        }
+    }
+
+    /// Channels `start..start + len`.
+    fn narrow(&self, start: usize, len: usize) -> Act<'static> {
+        if let Act::Q(q) = self {
+            if let Some(n) = concat_quantized(&[(q, start..start + len)]) {
+                return Act::Q(n);
+            }
+        }
+        Act::F32(engine::narrow_channels(&self.f32(), start, len))
+    }
+}
+
+/// The format the readers of an activation want it in, combined over all of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Want {
+    /// No reader has said (yet).
+    Any,
+    /// A float layer reads it (it must see the exact f32 values).
+    F32,
+    /// Only INT8 layers (and format-agnostic operations) read it: `u8` with these parameters,
+    /// covering every INT8 reader's calibrated range.
+    Q(QParams),
+}
+
+impl Want {
+    fn and(self, other: Want) -> Want {
+        match (self, other) {
+            (Want::Any, w) | (w, Want::Any) => w,
+            (Want::F32, _) | (_, Want::F32) => Want::F32,
+            (Want::Q(a), Want::Q(b)) => Want::Q(union_params(a, b)),
+        }
+    }
+}
+
+/// `y + x` (a residual connection) in the format `want` asks for.
+fn residual(mut y: Tensor, x: &Act, want: Want) -> Act<'static> {
+    match (want, x) {
+        (Want::Q(p), Act::Q(xq)) => Act::Q(add_quantized(&y, xq, p)),
+        (Want::Q(p), _) => {
+            engine::add_assign(&mut y, &x.f32());
+            Act::Q(quantize_rows(&y, p))
+        }
+        _ => {
+            engine::add_assign(&mut y, &x.f32());
+            Act::F32(y)
+        }
+    }
+}
+
+/// `parts` concatenated along channels: in `u8` when they all are quantized alike, else in f32.
+fn concat_acts(parts: &[&Act]) -> Act<'static> {
+    let quantized: Option<Vec<(&QTensor, Range<usize>)>> = parts
+        .iter()
+        .map(|a| match a {
+            Act::Q(q) => Some((q, 0..q.shape()[1])),
+            _ => None,
+        })
+        .collect();
+    if let Some(cat) = quantized.and_then(|q| concat_quantized(&q)) {
+        return Act::Q(cat);
+    }
+    let f: Vec<Cow<Tensor>> = parts.iter().map(|a| a.f32()).collect();
+    Act::F32(engine::concat_channels(&f.iter().map(|t| t.as_ref()).collect::<Vec<_>>()))
+}
+
+/// Runs `convs` one after the other on `x` (the u8 dataflow: between two INT8 layers the activation
+/// stays quantized), the last output in the format `want` asks for.
+fn chain_acts(convs: &[ConvBn], x: &Act, want: Want) -> Act<'static> {
+    let mut cur: Option<Act> = None;
+    for (i, c) in convs.iter().enumerate() {
+        let next = convs.get(i + 1).map_or(want, ConvBn::input_want);
+        cur = Some(c.forward_act(cur.as_ref().unwrap_or(x), next));
+    }
+    cur.expect("a chain has a layer")
 }
 
 fn observe_conv_input(conv: &ConvBn, parts: &[(&Tensor, Range<usize>)]) {
@@ -197,6 +320,59 @@ impl ConvBn {
             Some(q) => q.conv.forward(&quantize_parts(parts, q.input), self.act),
             None if parts.len() == 1 && parts[0].1 == (0..parts[0].0.shape()[1]) => self.folded.forward(parts[0].0, self.act),
             None => self.folded.forward_parts(parts, self.act),
+        }
+    }
+
+    /// What this layer wants its input as: `u8` in its calibrated parameters when it is INT8.
+    fn input_want(&self) -> Want {
+        match &self.int8 {
+            Some(q) => Want::Q(q.input),
+            None => Want::F32,
+        }
+    }
+
+    /// Runs on an activation of either format; the output is `u8` when `want` asks for it and
+    /// this layer is INT8 (requantized in the kernel's epilogue), else f32.
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        match &self.int8 {
+            Some(q) => {
+                let qx = x.quantized(q.input);
+                match want {
+                    Want::Q(p) => Act::Q(q.conv.forward_quantized(&qx, self.act, p)),
+                    _ => Act::F32(q.conv.forward(&qx, self.act)),
+                }
+            }
+            None => Act::F32(self.forward(&x.f32())),
+        }
+    }
+
+    /// [`forward_act`](Self::forward_act) on the channel concatenation of `parts`: quantized parts
+    /// with equal parameters are concatenated as `u8` planes; otherwise (mixed formats or
+    /// parameters, or channel ranges off quad boundaries) each part is brought to f32 first.
+    fn forward_parts_act(&self, parts: &[(&Act, Range<usize>)], want: Want) -> Act<'static> {
+        // The parameters of the first quantized part: the others are brought to them.
+        let target = parts.iter().find_map(|(a, _)| match a {
+            Act::Q(t) => Some(t.params()),
+            _ => None,
+        });
+        if let (Some(_), Some(target)) = (&self.int8, target) {
+            let quantized: Vec<(Cow<QTensor>, Range<usize>)> = parts
+                .iter()
+                .map(|(a, r)| match a {
+                    Act::Q(t) if t.params() == target => (Cow::Borrowed(t), r.clone()),
+                    Act::Q(t) => (Cow::Owned(requantize_tensor(t, target)), r.clone()),
+                    other => (Cow::Owned(quantize_parts(&[(&other.f32(), r.clone())], target)), 0..r.len()),
+                })
+                .collect();
+            if let Some(cat) = concat_quantized(&quantized.iter().map(|(t, r)| (t.as_ref(), r.clone())).collect::<Vec<_>>()) {
+                return self.forward_act(&Act::Q(cat), want);
+            }
+        }
+        let f: Vec<Cow<Tensor>> = parts.iter().map(|(a, _)| a.f32()).collect();
+        let fparts: Vec<(&Tensor, Range<usize>)> = f.iter().zip(parts).map(|(t, (_, r))| (t.as_ref(), r.clone())).collect();
+        match (&self.int8, want) {
+            (Some(q), Want::Q(p)) => Act::Q(q.conv.forward_quantized(&quantize_parts(&fparts, q.input), self.act, p)),
+            _ => Act::F32(self.forward_parts(&fparts)),
         }
     }
 
@@ -316,6 +492,18 @@ impl Bottleneck {
         y
     }
 
+    fn input_want(&self) -> Want {
+        self.cv1.input_want()
+    }
+
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        let mid = self.cv1.forward_act(x, self.cv2.input_want());
+        if !self.add {
+            return self.cv2.forward_act(&mid, want);
+        }
+        residual(self.cv2.forward_act(&mid, Want::F32).into_f32(), x, want)
+    }
+
     fn flops(&self, h: usize, w: usize) -> u64 {
         self.cv1.flops(h, w) + self.cv2.flops(h, w)
     }
@@ -351,6 +539,22 @@ impl C3k {
         let z = self.cv2.forward(x);
         let (cy, cz) = (y.shape()[1], z.shape()[1]);
         self.cv3.forward_parts(&[(&y, 0..cy), (&z, 0..cz)])
+    }
+
+    fn input_want(&self) -> Want {
+        self.cv1.input_want().and(self.cv2.input_want())
+    }
+
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        let cat = self.cv3.input_want();
+        let reader = |i: usize| self.m.get(i).map_or(cat, Bottleneck::input_want);
+        let mut y = self.cv1.forward_act(x, reader(0));
+        for (i, b) in self.m.iter().enumerate() {
+            y = b.forward_act(&y, reader(i + 1));
+        }
+        let z = self.cv2.forward_act(x, cat);
+        let (cy, cz) = (y.shape()[1], z.shape()[1]);
+        self.cv3.forward_parts_act(&[(&y, 0..cy), (&z, 0..cz)], want)
     }
 
     fn flops(&self, h: usize, w: usize) -> u64 {
@@ -451,6 +655,22 @@ impl C3k2Block {
         }
     }
 
+    fn input_want(&self) -> Want {
+        match self {
+            C3k2Block::Bottleneck(b) | C3k2Block::Attn(b, _) => b.input_want(),
+            C3k2Block::C3k(c) => c.input_want(),
+        }
+    }
+
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        match self {
+            C3k2Block::Bottleneck(b) => b.forward_act(x, want),
+            C3k2Block::C3k(c) => c.forward_act(x, want),
+            // Attention and its residuals stay f32.
+            C3k2Block::Attn(b, psa) => Act::F32(psa.forward(&b.forward_act(x, Want::F32).into_f32())),
+        }
+    }
+
     fn flops(&self, h: usize, w: usize) -> u64 {
         match self {
             C3k2Block::Bottleneck(b) => b.flops(h, w),
@@ -506,6 +726,26 @@ impl C3k2 {
         self.cv2.forward_parts(&parts)
     }
 
+    fn input_want(&self) -> Want {
+        self.cv1.input_want()
+    }
+
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        // cv1's output and every block's are read by cv2 (one concatenation) and by the next block.
+        // One format for all of them, so that cv2's input is a plane-copy concatenation.
+        let shared = self.m.iter().fold(self.cv2.input_want(), |w, b| w.and(b.input_want()));
+        let y = self.cv1.forward_act(x, shared);
+        let mut outs: Vec<Act> = Vec::with_capacity(self.m.len());
+        let second_half = y.narrow(self.c, self.c);
+        for b in &self.m {
+            let next = b.forward_act(outs.last().unwrap_or(&second_half), shared);
+            outs.push(next);
+        }
+        let mut parts = vec![(&y, 0..2 * self.c)];
+        parts.extend(outs.iter().map(|t| (t, 0..self.c)));
+        self.cv2.forward_parts_act(&parts, want)
+    }
+
     fn flops(&self, h: usize, w: usize) -> u64 {
         self.cv1.flops(h, w) + self.cv2.flops(h, w) + self.m.iter().map(|b| b.flops(h, w)).sum::<u64>()
     }
@@ -536,6 +776,22 @@ impl Sppf {
         out
     }
 
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        let mut ys = vec![self.cv1.forward_act(x, self.cv2.input_want())];
+        for _ in 0..self.n {
+            let next = match ys.last().expect("one") {
+                Act::Q(q) => Act::Q(max_pool2d_quantized(q, self.k, 1, self.k / 2)),
+                other => Act::F32(engine::max_pool2d(&other.f32(), self.k, 1, self.k / 2)),
+            };
+            ys.push(next);
+        }
+        let parts: Vec<(&Act, Range<usize>)> = ys.iter().map(|t| (t, 0..t.shape()[1])).collect();
+        if !self.add {
+            return self.cv2.forward_parts_act(&parts, want);
+        }
+        residual(self.cv2.forward_parts_act(&parts, Want::F32).into_f32(), x, want)
+    }
+
     fn flops(&self, h: usize, w: usize) -> u64 {
         self.cv1.flops(h, w) + self.cv2.flops(h, w)
     }
@@ -560,6 +816,17 @@ impl C2psa {
         self.cv2.forward_parts(&[(&y, 0..self.c), (&b, 0..self.c)])
     }
 
+    /// The attention half runs in f32 (so cv1's output is f32); cv2 still writes `want`.
+    fn forward_act(&self, x: &Act, want: Want) -> Act<'static> {
+        let y = self.cv1.forward_act(x, Want::F32).into_f32();
+        let mut b = engine::narrow_channels(&y, self.c, self.c);
+        for blk in &self.m {
+            b = blk.forward(&b);
+        }
+        let (y, b) = (Act::F32(y), Act::F32(b));
+        self.cv2.forward_parts_act(&[(&y, 0..self.c), (&b, 0..self.c)], want)
+    }
+
     fn flops(&self, h: usize, w: usize) -> u64 {
         self.cv1.flops(h, w) + self.cv2.flops(h, w) + self.m.iter().map(|b| b.flops(h, w)).sum::<u64>()
     }
@@ -577,6 +844,15 @@ impl DetectBranch {
     fn forward(&self, level: usize, x: &Tensor) -> Tensor {
         let hidden: Vec<&ConvBn> = self.hidden[level].iter().collect();
         self.out[level].forward(&forward_chain(&hidden, x))
+    }
+
+    /// The branch's first layer at `level` (what its input is read by).
+    fn input_want(&self, level: usize) -> Want {
+        self.hidden[level].first().map_or(Want::F32, ConvBn::input_want)
+    }
+
+    fn forward_act(&self, level: usize, x: &Act) -> Tensor {
+        self.out[level].forward(&chain_acts(&self.hidden[level], x, Want::F32).f32())
     }
 
     fn flops(&self, level: usize, h: usize, w: usize) -> u64 {
@@ -647,12 +923,34 @@ impl Detect {
 
     /// Runs one branch pair over the three feature maps.
     pub fn forward(&self, feats: &[&Tensor], mode: HeadMode) -> HeadOutput {
-        let (bx, cl) = match mode {
+        let (bx, cl) = self.branches(mode);
+        let shapes: Vec<[usize; 4]> = feats.iter().map(|f| f.shape()).collect();
+        self.assemble(&shapes, |lvl| (bx.forward(lvl, feats[lvl]), cl.forward(lvl, feats[lvl])))
+    }
+
+    /// [`forward`](Self::forward) on activations of either format (the u8 dataflow).
+    fn forward_acts(&self, feats: &[&Act], mode: HeadMode) -> HeadOutput {
+        let (bx, cl) = self.branches(mode);
+        let shapes: Vec<[usize; 4]> = feats.iter().map(|f| f.shape()).collect();
+        self.assemble(&shapes, |lvl| (bx.forward_act(lvl, feats[lvl]), cl.forward_act(lvl, feats[lvl])))
+    }
+
+    /// What the feature map of `level` is read as: by the first layer of each branch, of both pairs.
+    fn input_want(&self, level: usize) -> Want {
+        [&self.cv2, &self.cv3, &self.one2one_cv2, &self.one2one_cv3].iter().fold(Want::Any, |w, b| w.and(b.input_want(level)))
+    }
+
+    fn branches(&self, mode: HeadMode) -> (&DetectBranch, &DetectBranch) {
+        match mode {
             HeadMode::OneToOne => (&self.one2one_cv2, &self.one2one_cv3),
             HeadMode::OneToMany => (&self.cv2, &self.cv3),
-        };
-        let batch = feats[0].shape()[0];
-        let sizes: Vec<(usize, usize)> = feats.iter().map(|f| (f.shape()[2], f.shape()[3])).collect();
+        }
+    }
+
+    /// The head output from each level's (box, class) branch outputs, `run(level)`.
+    fn assemble(&self, shapes: &[[usize; 4]], mut run: impl FnMut(usize) -> (Tensor, Tensor)) -> HeadOutput {
+        let batch = shapes[0][0];
+        let sizes: Vec<(usize, usize)> = shapes.iter().map(|s| (s[2], s[3])).collect();
         let anchors: usize = sizes.iter().map(|(h, w)| h * w).sum();
         let mut out = HeadOutput {
             batch,
@@ -664,8 +962,7 @@ impl Detect {
             anchor_strides: Vec::with_capacity(anchors),
         };
         let mut offset = 0;
-        for (lvl, feat) in feats.iter().enumerate() {
-            let (h, w) = sizes[lvl];
+        for (lvl, &(h, w)) in sizes.iter().enumerate() {
             for y in 0..h {
                 for x in 0..w {
                     out.anchor_points.extend([x as f32 + 0.5, y as f32 + 0.5]);
@@ -673,8 +970,7 @@ impl Detect {
                 }
             }
             let hw = h * w;
-            let b = bx.forward(lvl, feat);
-            let c = cl.forward(lvl, feat);
+            let (b, c) = run(lvl);
             for n in 0..batch {
                 for ch in 0..4 {
                     let src = &b.data()[(n * 4 + ch) * hw..][..hw];
@@ -756,6 +1052,9 @@ impl Layer {
     }
 }
 
+/// What [`Yolo26::forward_observed`] calls with each layer's index and output.
+type LayerObserver<'a> = dyn FnMut(usize, &Tensor) + 'a;
+
 /// A YOLO26 detection model: the resolved layer graph with its weights.
 #[derive(Clone, Debug)]
 pub struct Yolo26 {
@@ -827,18 +1126,143 @@ impl Yolo26 {
     /// Runs the network on a batch `(n, 3, h, w)` (h, w multiples of 32) and returns the raw
     /// output of the chosen head branches. `observe` sees every layer's output (for debugging
     /// and per-layer comparisons with the reference).
+    ///
+    /// In a quantized model, activations stay `u8` between INT8 layers (see [`Yolo26::forward`]); an
+    /// observed quantized output is dequantized for `observe`.
     pub fn forward_observed(&self, x: &Tensor, mode: HeadMode, observe: &mut dyn FnMut(usize, &Tensor)) -> HeadOutput {
-        self.forward_to_head(x, observe, |d, feats| d.forward(feats, mode))
+        if observing() {
+            return self.forward_to_head_layerwise(x, observe, |d, feats| d.forward(feats, mode));
+        }
+        self.forward_to_head(x, Some(observe), |d, feats| d.forward_acts(feats, mode))
     }
 
     /// Runs the network once and returns the raw outputs of both head branch pairs,
     /// `(one-to-many, one-to-one)`, with eval-mode BatchNorm (for validation losses).
     pub fn forward_both(&self, x: &Tensor) -> (HeadOutput, HeadOutput) {
-        self.forward_to_head(x, &mut |_, _| {}, |d, feats| (d.forward(feats, HeadMode::OneToMany), d.forward(feats, HeadMode::OneToOne)))
+        if observing() {
+            return self.forward_to_head_layerwise(x, &mut |_, _| {}, |d, feats| (d.forward(feats, HeadMode::OneToMany), d.forward(feats, HeadMode::OneToOne)));
+        }
+        self.forward_to_head(x, None, |d, feats| (d.forward_acts(feats, HeadMode::OneToMany), d.forward_acts(feats, HeadMode::OneToOne)))
     }
 
-    /// The network up to the Detect layer, whose input features go to `head`.
-    fn forward_to_head<R>(&self, x: &Tensor, observe: &mut dyn FnMut(usize, &Tensor), head: impl FnOnce(&Detect, &[&Tensor]) -> R) -> R {
+    /// [`Yolo26::forward`] with every activation in f32 between layers: each INT8 convolution
+    /// quantizes its own input with its calibrated parameters and writes f32 (only consecutive
+    /// convolutions inside a block pass `u8`). What calibration observes, and the reference the
+    /// `u8` dataflow of [`Yolo26::forward`] is tested against. The same as `forward` for a float model.
+    pub fn forward_layerwise(&self, x: &Tensor, mode: HeadMode) -> HeadOutput {
+        self.forward_to_head_layerwise(x, &mut |_, _| {}, |d, feats| d.forward(feats, mode))
+    }
+
+    /// For each layer, the format its readers want its output in (see [`Want`]). Readers come after
+    /// the layers they read, so one backward sweep settles every entry before it is used.
+    fn output_wants(&self) -> Vec<Want> {
+        let mut wants = vec![Want::Any; self.layers.len()];
+        for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate().rev() {
+            for (k, &f) in node.from.iter().enumerate() {
+                if f == usize::MAX {
+                    continue;
+                }
+                let w = match layer {
+                    Layer::Conv(c) => c.input_want(),
+                    Layer::C3k2(c) => c.input_want(),
+                    Layer::Sppf(s) => s.cv1.input_want(),
+                    Layer::C2psa(c) => c.cv1.input_want(),
+                    Layer::Upsample(_) | Layer::Concat => wants[i],
+                    Layer::Detect(d) => d.input_want(k),
+                };
+                wants[f] = wants[f].and(w);
+            }
+        }
+        // The parts of a concatenation (and what an upsampling before it reads) must share one
+        // format to be concatenated as u8 planes: join them (transitively: a tensor may feed two
+        // concatenations) and give each group the combination of its members' wants.
+        let mut group: Vec<usize> = (0..self.layers.len()).collect();
+        fn root(group: &mut [usize], mut i: usize) -> usize {
+            while group[i] != i {
+                group[i] = group[group[i]];
+                i = group[i];
+            }
+            i
+        }
+        for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate() {
+            if matches!(layer, Layer::Concat | Layer::Upsample(_)) {
+                for &f in node.from.iter().filter(|&&f| f != usize::MAX) {
+                    let (a, b) = (root(&mut group, i), root(&mut group, f));
+                    group[a] = b;
+                }
+            }
+        }
+        let mut joined = vec![Want::Any; self.layers.len()];
+        for (i, &w) in wants.iter().enumerate() {
+            let r = root(&mut group, i);
+            joined[r] = joined[r].and(w);
+        }
+        for (i, w) in wants.iter_mut().enumerate() {
+            // A concatenation's output joins its parts; so do the layers it is read by only through it.
+            *w = joined[root(&mut group, i)];
+        }
+        wants
+    }
+
+    /// The network up to the Detect layer, whose input features go to `head`, with the `u8`
+    /// dataflow: each layer writes its output in the format its readers want ([`Yolo26::output_wants`]).
+    fn forward_to_head<R>(&self, x: &Tensor, mut observe: Option<&mut LayerObserver>, head: impl FnOnce(&Detect, &[&Act]) -> R) -> R {
+        let wants = self.output_wants();
+        let input_act = Act::Input(x);
+        let mut outputs: Vec<Option<Act>> = (0..self.layers.len()).map(|_| None).collect();
+        let mut prev: Option<Act> = None;
+        for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate() {
+            let input = |k: usize| -> &Act {
+                let f = node.from[k];
+                if f == usize::MAX {
+                    &input_act
+                } else if f + 1 == i && outputs[f].is_none() {
+                    prev.as_ref().expect("previous output")
+                } else {
+                    outputs[f].as_ref().expect("saved output")
+                }
+            };
+            let want = wants[i];
+            let y: Act = match layer {
+                Layer::Conv(c) => c.forward_act(input(0), want),
+                Layer::C3k2(c) => c.forward_act(input(0), want),
+                Layer::Sppf(s) => s.forward_act(input(0), want),
+                Layer::C2psa(c) => c.forward_act(input(0), want),
+                Layer::Upsample(s) => match input(0) {
+                    Act::Q(q) => Act::Q(upsample_nearest_quantized(q, *s)),
+                    other => Act::F32(engine::upsample_nearest(&other.f32(), *s)),
+                },
+                Layer::Concat => {
+                    let parts: Vec<&Act> = (0..node.from.len()).map(input).collect();
+                    concat_acts(&parts)
+                }
+                Layer::Detect(d) => {
+                    let feats: Vec<&Act> = (0..node.from.len()).map(input).collect();
+                    return head(d, &feats);
+                }
+            };
+            if let Some(observe) = observe.as_mut() {
+                observe(i, &y.f32());
+            }
+            // Free outputs no later layer needs.
+            for (j, out) in outputs.iter_mut().enumerate().take(i) {
+                if self.last_use[j] <= i {
+                    *out = None;
+                }
+            }
+            if let Some(p) = prev.take() {
+                if self.last_use[i - 1] > i {
+                    outputs[i - 1] = Some(p);
+                }
+            }
+            prev = Some(y);
+        }
+        unreachable!("a loaded model always ends with Detect")
+    }
+
+    /// The network up to the Detect layer with f32 activations between layers (see
+    /// [`Yolo26::forward_layerwise`]).
+    fn forward_to_head_layerwise<R>(&self, x: &Tensor, observe: &mut dyn FnMut(usize, &Tensor), head: impl FnOnce(&Detect, &[&Tensor]) -> R) -> R {
         let mut outputs: Vec<Option<Tensor>> = vec![None; self.layers.len()];
         let mut prev: Option<Tensor> = None;
         for (i, (layer, node)) in self.layers.iter().zip(&self.plan.layers).enumerate() {
@@ -907,8 +1331,15 @@ impl Yolo26 {
         flops
     }
 
-    /// Runs the network (see [`Yolo26::forward_observed`]).
+    /// Runs the network (see [`Yolo26::forward_observed`]). In a quantized model activations stay
+    /// `u8` between INT8 layers: each layer writes its output in the format its readers want (`u8`
+    /// with parameters covering every INT8 reader's calibrated range, f32 where a float layer reads
+    /// it), and concatenation, slicing, upsampling, max pooling and residual additions work on `u8`.
+    /// A float model computes exactly as [`Yolo26::forward_layerwise`].
     pub fn forward(&self, x: &Tensor, mode: HeadMode) -> HeadOutput {
-        self.forward_observed(x, mode, &mut |_, _| {})
+        if observing() {
+            return self.forward_layerwise(x, mode);
+        }
+        self.forward_to_head(x, None, |d, feats| d.forward_acts(feats, mode))
     }
 }

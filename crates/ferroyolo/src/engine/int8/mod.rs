@@ -45,6 +45,7 @@
 mod amx;
 mod conv;
 mod kernels;
+mod ops;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +57,7 @@ use super::tensor::Tensor;
 use super::threads::parallel_for;
 
 pub use conv::QConv2d;
+pub use ops::{add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_rows, requantize_tensor, union_params, upsample_nearest_quantized};
 
 /// The int8 kernel implementation (instruction set) a convolution runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
