@@ -35,7 +35,8 @@ pub(crate) fn take(len: usize) -> Vec<f32> {
             .filter(|&i| (len..=2 * len).contains(&pool.bufs[i].capacity()))
             .min_by_key(|&i| pool.bufs[i].capacity());
         if let Some(i) = best {
-            let mut v = pool.bufs.swap_remove(i);
+            // (In order, so that the front stays the longest idle; the pool holds a few hundred at most.)
+            let mut v = pool.bufs.remove(i);
             pool.idle -= v.capacity();
             v.clear();
             return v;
@@ -57,11 +58,19 @@ pub(crate) fn give(v: Vec<f32>) {
     if cap < MIN_POOLED {
         return;
     }
-    let mut pool = lock();
-    if pool.idle + cap <= MAX_IDLE {
-        pool.idle += cap;
-        pool.bufs.push(v);
+    if cap > MAX_IDLE {
+        return;
     }
+    let mut pool = lock();
+    // Full: the longest-idle buffers go, not the new one. Otherwise a pool filled by an earlier
+    // workload (another model, calibration) would keep sizes nobody asks for any more while every
+    // buffer of the current one went back to the allocator (page faults on every pass again).
+    while pool.idle + cap > MAX_IDLE {
+        let old = pool.bufs.remove(0);
+        pool.idle -= old.capacity();
+    }
+    pool.idle += cap;
+    pool.bufs.push(v);
 }
 
 /// Frees every idle buffer the engine keeps for reuse (at most 256 MiB). Call it after inference
@@ -91,5 +100,20 @@ mod tests {
         assert_eq!(z.len(), 70_000);
         assert!(z.iter().all(|&x| x == 0.0));
         release_buffers();
+    }
+
+    #[test]
+    fn a_full_pool_makes_room_for_new_buffers() {
+        // Capacities no other test asks for (never touched: no memory is committed).
+        let (old_len, new_len) = (MAX_IDLE / 4 - 1_001, MAX_IDLE / 4 + 1_003);
+        for _ in 0..4 {
+            give(Vec::with_capacity(old_len));
+        }
+        let v: Vec<f32> = Vec::with_capacity(new_len);
+        let ptr = v.as_ptr();
+        give(v);
+        let pool = lock();
+        assert!(pool.idle <= MAX_IDLE);
+        assert!(pool.bufs.iter().any(|b| b.as_ptr() == ptr), "the newest buffer was dropped instead of an idle one");
     }
 }
