@@ -6,8 +6,10 @@
 //! What is quantized: every Conv+BatchNorm ([`ConvBn`]), as its BatchNorm-folded convolution, with
 //! a `u8` input (one calibrated scale and zero point per layer) and `i8` weights (one symmetric
 //! scale per output channel). What stays float: the final 1×1 convolutions of the Detect branches
-//! (box distances and class logits), attention's matrix products, pooling, upsampling, residual
-//! additions, and the box and score decoding.
+//! (box distances and class logits), attention's matrix products and softmax, and the box and
+//! score decoding. At inference (see `model::yolo26`) the activations between INT8 layers stay
+//! `u8`, one scale and zero point per tensor covering every INT8 reader's calibrated range, so
+//! concatenations, splits, upsampling, max-pooling and residual sums run on `u8` there.
 //!
 //! How a layer is judged: its *sensitivity* is the signal-to-quantization-noise ratio of the
 //! model's raw head outputs (both heads' boxes and logits) when that layer alone runs in INT8,

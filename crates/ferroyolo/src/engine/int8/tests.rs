@@ -369,7 +369,7 @@ fn epilogue_silu_is_accurate() {
         let xd = x as f64;
         let want = xd / (1.0 + (-xd).exp());
         let err = (got - want).abs();
-        assert!(err <= 1e-6 * want.abs() + 1e-20, "silu({x}) = {got}, want {want}");
+        assert!(err <= 2.5e-4 * want.abs() + 1e-20, "silu({x}) = {got}, want {want}");
         if want.abs() > 1e-3 {
             worst = worst.max(err / want.abs());
         }
@@ -377,10 +377,11 @@ fn epilogue_silu_is_accurate() {
     }
     for x in [f32::MAX, 1e30, -1e30, f32::MIN] {
         let got = epilogue_value(0, 1.0, x, true);
-        let ok = if x > 0.0 { ((got - x) / x).abs() < 1e-6 } else { got.abs() < 1e-20 };
+        let ok = if x > 0.0 { ((got - x) / x).abs() < 2.5e-4 } else { got.abs() < 1e-20 };
         assert!(got.is_finite() && ok, "silu({x}) = {got}");
     }
-    assert!(worst < 1e-6, "{worst}");
+    // The bound the doc of `silu` promises (INT8 outputs: a small fraction of a quantization step).
+    assert!(worst < 2.5e-4, "{worst}");
 }
 
 #[test]
