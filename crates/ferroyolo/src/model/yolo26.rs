@@ -1244,20 +1244,25 @@ impl Yolo26 {
             if let Some(observe) = observe.as_mut() {
                 observe(i, &y.f32());
             }
-            // Free outputs no later layer needs.
-            for (j, out) in outputs.iter_mut().enumerate().take(i) {
-                if self.last_use[j] <= i {
-                    *out = None;
-                }
-            }
-            if let Some(p) = prev.take() {
-                if self.last_use[i - 1] > i {
-                    outputs[i - 1] = Some(p);
-                }
-            }
-            prev = Some(y);
+            self.advance(i, &mut outputs, &mut prev, y);
         }
         unreachable!("a loaded model always ends with Detect")
+    }
+
+    /// After layer `i` produced `y`: frees the outputs no later layer reads, keeps the previous
+    /// layer's output where a later layer still reads it, and makes `y` the previous output.
+    fn advance<T>(&self, i: usize, outputs: &mut [Option<T>], prev: &mut Option<T>, y: T) {
+        for (j, out) in outputs.iter_mut().enumerate().take(i) {
+            if self.last_use[j] <= i {
+                *out = None;
+            }
+        }
+        if let Some(p) = prev.take() {
+            if self.last_use[i - 1] > i {
+                outputs[i - 1] = Some(p);
+            }
+        }
+        *prev = Some(y);
     }
 
     /// The network up to the Detect layer with f32 activations between layers (see
@@ -1292,18 +1297,7 @@ impl Yolo26 {
                 }
             };
             observe(i, &y);
-            // Free outputs no later layer needs.
-            for (j, out) in outputs.iter_mut().enumerate().take(i) {
-                if self.last_use[j] <= i {
-                    *out = None;
-                }
-            }
-            if let Some(p) = prev.take() {
-                if self.last_use[i - 1] > i {
-                    outputs[i - 1] = Some(p);
-                }
-            }
-            prev = Some(y);
+            self.advance(i, &mut outputs, &mut prev, y);
         }
         unreachable!("a loaded model always ends with Detect")
     }

@@ -460,16 +460,10 @@ impl QConv2d {
             }
             let b_rows: Vec<SyncPtr<u32>> =
                 chans.iter().flat_map(|c| taps.iter().map(move |&t| SyncPtr(c[t..].as_ptr().cast_mut()))).collect();
-            let tiles = nq.div_ceil(NC);
-            let threads = num_threads();
-            // As in the f32 kernel: several items per thread to balance, and when there are few column
-            // tiles (small maps) the output channels are split too.
-            let target = if threads == 1 { 1 } else { threads * 8 };
-            let (t_chunks, m_chunks) = if tiles >= target { (target, 1) } else { (tiles, target.div_ceil(tiles).min(panels)) };
+            let split = WorkSplit::new(nq.div_ceil(NC), panels, 8);
             let work = |item: usize| {
-                let (ti, mi) = (item / m_chunks, item % m_chunks);
-                let (t0, t1) = (ti * tiles / t_chunks, (ti + 1) * tiles / t_chunks);
-                let (p0, p1) = (mi * panels / m_chunks, (mi + 1) * panels / m_chunks);
+                let (t_range, p_range) = split.ranges(item);
+                let (t0, t1, p0, p1) = (t_range.start, t_range.end, p_range.start, p_range.end);
                 with_scratch(&SCRATCH_I32, (p1 - p0) * MR * NC, |tile| {
                     for t in t0..t1 {
                         let n0 = t * NC;
@@ -500,11 +494,7 @@ impl QConv2d {
                     }
                 });
             };
-            if t_chunks * m_chunks > 1 {
-                parallel_for(t_chunks * m_chunks, &work);
-            } else {
-                work(0);
-            }
+            split.run(&work);
         });
     }
 
@@ -563,6 +553,42 @@ impl QConv2d {
     }
 }
 
+/// How a dense convolution's grid of column tiles × row panels is cut into parallel items: as in
+/// the f32 kernel, several items per thread to balance, and when there are few column tiles (small
+/// maps) the output channels are split too.
+#[derive(Clone, Copy)]
+struct WorkSplit {
+    tiles: usize,
+    panels: usize,
+    t_chunks: usize,
+    m_chunks: usize,
+}
+
+impl WorkSplit {
+    fn new(tiles: usize, panels: usize, items_per_thread: usize) -> WorkSplit {
+        let threads = num_threads();
+        let target = if threads == 1 { 1 } else { threads * items_per_thread };
+        let (t_chunks, m_chunks) = if tiles >= target { (target, 1) } else { (tiles, target.div_ceil(tiles).min(panels)) };
+        WorkSplit { tiles, panels, t_chunks, m_chunks }
+    }
+
+    /// The column tiles and row panels of item `item`.
+    fn ranges(&self, item: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (ti, mi) = (item / self.m_chunks, item % self.m_chunks);
+        (ti * self.tiles / self.t_chunks..(ti + 1) * self.tiles / self.t_chunks, mi * self.panels / self.m_chunks..(mi + 1) * self.panels / self.m_chunks)
+    }
+
+    /// Runs `work` on every item, in parallel when there are several.
+    fn run(&self, work: &(dyn Fn(usize) + Sync)) {
+        let items = self.t_chunks * self.m_chunks;
+        if items > 1 {
+            parallel_for(items, work);
+        } else {
+            work(0);
+        }
+    }
+}
+
 /// The dense convolution of one image on AMX ([`amx::block`]): blocks of 32 output channels × 32
 /// grid positions, each through the shared epilogue. `chans[g]` is channel quad `g`'s plane (or
 /// phase layout), `quad_stride` quads after quad `g - 1`'s, as the B tiles' row stride requires.
@@ -575,15 +601,10 @@ fn dense_amx(w: &amx::Weights, chans: &[&[u32]], quad_stride: usize, taps: &[usi
     // B tiles start at quad `block·kq`, tap t (k-groups in the order the weights were packed).
     let bases: Vec<SyncPtr<u32>> =
         taps.iter().flat_map(|&t| (0..blocks).map(move |b| SyncPtr(chans[b * kq][t..].as_ptr().cast_mut()))).collect();
-    let tiles = nq.div_ceil(NA);
-    let pairs = w.m_tiles / 2;
-    let threads = num_threads();
-    let target = if threads == 1 { 1 } else { threads * 4 };
-    let (t_chunks, m_chunks) = if tiles >= target { (target, 1) } else { (tiles, target.div_ceil(tiles).min(pairs)) };
+    let split = WorkSplit::new(nq.div_ceil(NA), w.m_tiles / 2, 4);
     let work = |item: usize| {
-        let (ti, mi) = (item / m_chunks, item % m_chunks);
-        let (t0, t1) = (ti * tiles / t_chunks, (ti + 1) * tiles / t_chunks);
-        let (m0, m1) = (mi * pairs / m_chunks, (mi + 1) * pairs / m_chunks);
+        let (t_range, m_range) = split.ranges(item);
+        let (t0, t1, m0, m1) = (t_range.start, t_range.end, m_range.start, m_range.end);
         with_scratch(&SCRATCH_I32, 32 * NA, |acc| {
             with_scratch(&SCRATCH_U32, w.groups * kq * NA, |padded| {
                 let mut b = vec![std::ptr::null::<u32>(); w.groups];
@@ -629,11 +650,7 @@ fn dense_amx(w: &amx::Weights, chans: &[&[u32]], quad_stride: usize, taps: &[usi
             });
         });
     };
-    if t_chunks * m_chunks > 1 {
-        parallel_for(t_chunks * m_chunks, &work);
-    } else {
-        work(0);
-    }
+    split.run(&work);
 }
 
 /// The sink moved to image `img`'s outputs.
