@@ -79,13 +79,16 @@ impl Int8Kernel {
     pub const ALL: [Int8Kernel; 5] = [Int8Kernel::Portable, Int8Kernel::Avx2, Int8Kernel::AvxVnni, Int8Kernel::Avx512Vnni, Int8Kernel::Amx];
 
     /// The fastest kernel this CPU supports, capped by the engine's tier ([`super::isa`], which
-    /// `FERROYOLO_ISA` can lower). Detected once.
+    /// `FERROYOLO_ISA` can lower); `FERROYOLO_AMX=0` leaves AMX out (to measure the VNNI path on an
+    /// AMX machine). Detected once.
     pub fn detected() -> Int8Kernel {
         static BEST: std::sync::OnceLock<Int8Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
+            let amx_off = std::env::var("FERROYOLO_AMX").is_ok_and(|v| v == "0");
             let cap = match simd::isa() {
                 Isa::Portable => Int8Kernel::Portable,
                 Isa::Avx2 => Int8Kernel::AvxVnni,
+                Isa::Avx512 if amx_off => Int8Kernel::Avx512Vnni,
                 Isa::Avx512 => Int8Kernel::Amx,
             };
             Int8Kernel::ALL.into_iter().filter(|k| k.is_supported() && *k <= cap).max().unwrap_or(Int8Kernel::Portable)
