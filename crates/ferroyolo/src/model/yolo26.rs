@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
 use crate::engine::int8::{
-    add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_parts, quantize_rows, requantize_tensor, union_params, upsample_nearest_quantized, QConv2d, QParams,
+    add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_parts, quantize_tensor, requantize_tensor, union_params, upsample_nearest_quantized, QConv2d, QParams,
     QTensor,
 };
 use crate::engine::{self, Activation, Conv2d, Tensor};
@@ -162,7 +162,7 @@ impl Act<'_> {
     fn quantized(&self, params: QParams) -> Cow<'_, QTensor> {
         match self {
             Act::Q(q) => Cow::Borrowed(q),
-            other => Cow::Owned(quantize_rows(&other.f32(), params)),
+            other => Cow::Owned(quantize_tensor(&other.f32(), params)),
         }
     }
 
@@ -205,7 +205,7 @@ fn residual(mut y: Tensor, x: &Act, want: Want) -> Act<'static> {
         (Want::Q(p), Act::Q(xq)) => Act::Q(add_quantized(&y, xq, p)),
         (Want::Q(p), _) => {
             engine::add_assign(&mut y, &x.f32());
-            Act::Q(quantize_rows(&y, p))
+            Act::Q(quantize_tensor(&y, p))
         }
         _ => {
             engine::add_assign(&mut y, &x.f32());

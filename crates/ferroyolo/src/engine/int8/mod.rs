@@ -57,7 +57,7 @@ use super::tensor::Tensor;
 use super::threads::parallel_for;
 
 pub use conv::QConv2d;
-pub use ops::{add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_rows, requantize_tensor, union_params, upsample_nearest_quantized};
+pub use ops::{add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, requantize_tensor, union_params, upsample_nearest_quantized};
 
 /// The int8 kernel implementation (instruction set) a convolution runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -330,31 +330,71 @@ fn quantize_parts_inner(parts: &[(&Tensor, std::ops::Range<usize>)], params: QPa
     let sources: Vec<(usize, usize)> = parts.iter().enumerate().flat_map(|(i, (_, r))| r.clone().map(move |c| (i, c))).collect();
     let c = sources.len();
     let (plane, groups) = (h * w, c.div_ceil(4));
-    let mut data = quad_buffer(n * groups * plane);
+    let total = n * groups * plane;
+    // Not zeroed: the items write every quad (length set below).
+    let mut data = quad_buffer_uninit(total);
     let (inv, zp) = (1.0 / params.scale, params.zero_point as f32);
+    let zpq = params.zero_point as u32;
+    // Items of whole rows, about 8k pixels each, not whole quad planes: the network input has 3
+    // channels, a single quad, which would otherwise run on one thread.
+    let rows = (8192 / w.max(1)).clamp(1, h.max(1));
+    let chunks = h.div_ceil(rows);
     let out = conv::SyncPtr(data.as_mut_ptr());
-    let work = |gi: usize| {
+    let work = |i: usize| {
+        let (gi, chunk) = (i / chunks, i % chunks);
         let (img, g) = (gi / groups, gi % groups);
-        // SAFETY: item gi writes quad plane gi only, inside `data`, which outlives the loop.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(gi * plane), plane) };
-        // The four source planes of this quad (a missing channel reads the zero point's value).
-        let pad = vec![params.dequantize(params.zero_point); if sources.len() < 4 * g + 4 { plane } else { 0 }];
-        let src: [&[f32]; 4] = std::array::from_fn(|j| match sources.get(4 * g + j) {
-            Some(&(part, pc)) => parts[part].0.plane(img, pc),
-            None => &pad[..],
-        });
-        // One pass writing whole quads, so that the loop vectorises.
-        let [s0, s1, s2, s3] = src.map(|s| &s[..plane]);
-        for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
-            *d = requantize(a, inv, zp) | requantize(b, inv, zp) << 8 | requantize(c, inv, zp) << 16 | requantize(e, inv, zp) << 24;
+        let px = chunk * rows * w..((chunk + 1) * rows).min(h) * w;
+        // SAFETY: item i writes rows `px` of quad plane gi only, inside the capacity of `data`,
+        // which outlives the loop.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(gi * plane + px.start).cast::<std::mem::MaybeUninit<u32>>(), px.len()) };
+        let present = (c - 4 * g).min(4);
+        let src = |j: usize| {
+            let (part, pc) = sources[4 * g + j.min(present - 1)];
+            &parts[part].0.plane(img, pc)[px.clone()]
+        };
+        let q = |v: f32| requantize(v, inv, zp);
+        // One arm per number of present channels (missing ones of a last quad hold the zero point),
+        // each a single zipped pass that vectorises.
+        match present {
+            4 => {
+                for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)).zip(src(3)) {
+                    d.write(q(a) | q(b) << 8 | q(c) << 16 | q(e) << 24);
+                }
+            }
+            3 => {
+                for (((d, &a), &b), &c) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)) {
+                    d.write(q(a) | q(b) << 8 | q(c) << 16 | zpq << 24);
+                }
+            }
+            2 => {
+                for ((d, &a), &b) in dst.iter_mut().zip(src(0)).zip(src(1)) {
+                    d.write(q(a) | q(b) << 8 | zpq << 16 | zpq << 24);
+                }
+            }
+            _ => {
+                for (d, &a) in dst.iter_mut().zip(src(0)) {
+                    d.write(q(a) | zpq << 8 | zpq << 16 | zpq << 24);
+                }
+            }
         }
     };
-    if n * c * plane >= 1 << 16 {
-        parallel_for(n * groups, &work);
-    } else {
-        (0..n * groups).for_each(work);
-    }
+    for_items(n * groups * chunks, total, &work);
+    // SAFETY: the items wrote every quad (all rows of every quad plane).
+    unsafe { data.set_len(total) };
     QTensor { shape: [n, c, h, w], params, data }
+}
+
+/// Below this many quads (or values) a pass runs on the calling thread (a parallel region costs more).
+pub(crate) const PARALLEL_MIN: usize = 1 << 14;
+
+/// Runs `work(i)` for `i < items`, in parallel when the whole pass touches at least
+/// [`PARALLEL_MIN`] quads (or values).
+pub(crate) fn for_items(items: usize, total: usize, work: &(dyn Fn(usize) + Sync)) {
+    if total >= PARALLEL_MIN && items > 1 {
+        parallel_for(items, work);
+    } else {
+        (0..items).for_each(work);
+    }
 }
 
 /// The f32 NCHW tensor a quantized one stands for.

@@ -1,7 +1,6 @@
 //! Operations on quantized activations ([`QTensor`]) that let a quantized network keep its
 //! activations in `u8` between INT8 layers: channel concatenation and slicing, nearest upsampling,
-//! max pooling, residual addition, requantization to other parameters, and a fast f32 → `u8` pass for
-//! the network input.
+//! max pooling, residual addition and requantization to other parameters.
 //!
 //! Each is exact with respect to the f32 operation on the dequantized values followed by
 //! [`quantize_tensor`] with the output's parameters (same rounding, half to even): copies and max
@@ -12,60 +11,25 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::{quad_buffer, requantize, QParams, QTensor};
+use super::conv::SyncPtr;
+use super::{for_items, quad_buffer, quad_buffer_uninit, requantize, QParams, QTensor, PARALLEL_MIN};
 use crate::engine::profile;
 use crate::engine::tensor::Tensor;
-use crate::engine::threads::parallel_for;
-
-/// A raw pointer that parallel items write disjoint regions through.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut u32);
-// SAFETY: every user hands each parallel item a disjoint region to write (see the call sites).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// By method, so closures capture the wrapper and not (by disjoint capture) the raw field.
-    fn get(self) -> *mut u32 {
-        self.0
-    }
-}
-
-/// Below this many quads a pass runs on the calling thread (a parallel region costs more).
-const PARALLEL_MIN: usize = 1 << 14;
-
-/// Runs `work(i)` for `i < items`, in parallel when the whole pass touches at least
-/// [`PARALLEL_MIN`] quads.
-fn for_items(items: usize, total_quads: usize, work: &(dyn Fn(usize) + Sync)) {
-    if total_quads >= PARALLEL_MIN && items > 1 {
-        parallel_for(items, work);
-    } else {
-        (0..items).for_each(work);
-    }
-}
 
 /// `len` quads of `out` from quad `start` on, for one parallel item.
 ///
 /// # Safety
 /// `start + len` must lie inside the buffer `out` points into, which must outlive the use, and no
 /// other item may touch that range.
-unsafe fn region<'a>(out: SharedOut, start: usize, len: usize) -> &'a mut [u32] {
+unsafe fn region<'a>(out: SyncPtr<u32>, start: usize, len: usize) -> &'a mut [u32] {
     unsafe { std::slice::from_raw_parts_mut(out.get().add(start), len) }
-}
-
-/// An empty quad vector with capacity for `len` quads, on a recycled engine buffer: for outputs
-/// written whole (through [`region_uninit`]), which then need no zero-fill pass first.
-fn uninit_quads(len: usize) -> Vec<u32> {
-    let mut v = std::mem::ManuallyDrop::new(crate::engine::buffers::take(len));
-    // SAFETY: u32 and f32 have the same size and alignment; the allocation is handed over whole
-    // (pointer, capacity) with length 0, so no element is claimed initialised.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), 0, v.capacity()) }
 }
 
 /// As [`region`], for output not yet initialised (the capacity of an [`uninit_quads`] vector).
 ///
 /// # Safety
 /// As [`region`].
-unsafe fn region_uninit<'a>(out: SharedOut, start: usize, len: usize) -> &'a mut [MaybeUninit<u32>] {
+unsafe fn region_uninit<'a>(out: SyncPtr<u32>, start: usize, len: usize) -> &'a mut [MaybeUninit<u32>] {
     unsafe { std::slice::from_raw_parts_mut(out.get().add(start).cast(), len) }
 }
 
@@ -79,63 +43,6 @@ fn bytes(quads: &[u32]) -> &[u8] {
 fn bytes_mut(quads: &mut [u32]) -> &mut [u8] {
     // SAFETY: as in `bytes`; any byte pattern is a valid u32.
     unsafe { std::slice::from_raw_parts_mut(quads.as_mut_ptr().cast::<u8>(), quads.len() * 4) }
-}
-
-/// Quantizes an f32 NCHW tensor: the same values as [`quantize_tensor`], but split over rows as
-/// well as channel quads (the network input has 3 channels, a single quad, which the per-quad split
-/// of [`quantize_tensor`] runs on one thread) and with the missing channels of a last partial quad
-/// filled with the zero point directly.
-pub fn quantize_rows(x: &Tensor, params: QParams) -> QTensor {
-    let span = profile::start();
-    let [n, c, h, w] = x.shape();
-    let (plane, groups) = (h * w, c.div_ceil(4));
-    let total = n * groups * plane;
-    let mut data = uninit_quads(total);
-    let (inv, zp) = (1.0 / params.scale, f32::from(params.zero_point));
-    // Rows per item: about 8k pixels, whole rows.
-    let rows = (8192 / w.max(1)).clamp(1, h.max(1));
-    let chunks = h.div_ceil(rows);
-    let out = SharedOut(data.as_mut_ptr());
-    let work = |i: usize| {
-        let (gi, chunk) = (i / chunks, i % chunks);
-        let (img, g) = (gi / groups, gi % groups);
-        let (y0, y1) = (chunk * rows, ((chunk + 1) * rows).min(h));
-        let px = y0 * w..y1 * w;
-        // SAFETY: item i writes rows y0..y1 of quad plane gi only.
-        let dst = unsafe { region_uninit(out, gi * plane + px.start, px.len()) };
-        let present = (c - 4 * g).min(4);
-        let src = |j: usize| &x.plane(img, 4 * g + j.min(present - 1))[px.clone()];
-        let q = |v: f32| requantize(v, inv, zp);
-        let zpq = u32::from(params.zero_point);
-        // One arm per number of present channels, each a single zipped pass that vectorises.
-        match present {
-            4 => {
-                for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)).zip(src(3)) {
-                    d.write(q(a) | q(b) << 8 | q(c) << 16 | q(e) << 24);
-                }
-            }
-            3 => {
-                for (((d, &a), &b), &c) in dst.iter_mut().zip(src(0)).zip(src(1)).zip(src(2)) {
-                    d.write(q(a) | q(b) << 8 | q(c) << 16 | zpq << 24);
-                }
-            }
-            2 => {
-                for ((d, &a), &b) in dst.iter_mut().zip(src(0)).zip(src(1)) {
-                    d.write(q(a) | q(b) << 8 | zpq << 16 | zpq << 24);
-                }
-            }
-            _ => {
-                for (d, &a) in dst.iter_mut().zip(src(0)) {
-                    d.write(q(a) | zpq << 8 | zpq << 16 | zpq << 24);
-                }
-            }
-        }
-    };
-    for_items(n * groups * chunks, total, &work);
-    // SAFETY: the items wrote every quad (all rows of every quad plane).
-    unsafe { data.set_len(total) };
-    span.finish(0, || format!("int8 quantize [{n}, {c}, {h}, {w}] (rows)"));
-    QTensor { shape: [n, c, h, w], params, data }
 }
 
 /// The channel concatenation of `parts` (each a tensor and a range of its channels; same batch and
@@ -167,8 +74,8 @@ pub fn concat_quantized(parts: &[(&QTensor, Range<usize>)]) -> Option<QTensor> {
     let sources: Vec<(usize, usize)> = parts.iter().enumerate().flat_map(|(i, (_, r))| (r.start / 4..r.end.div_ceil(4)).map(move |g| (i, g))).collect();
     debug_assert_eq!(sources.len(), groups);
     let total = n * groups * plane;
-    let mut data = uninit_quads(total);
-    let out = SharedOut(data.as_mut_ptr());
+    let mut data = quad_buffer_uninit(total);
+    let out = SyncPtr(data.as_mut_ptr());
     let work = |gi: usize| {
         let (img, g) = (gi / groups, gi % groups);
         let (part, pg) = sources[g];
@@ -193,8 +100,8 @@ pub fn upsample_nearest_quantized(x: &QTensor, scale: usize) -> QTensor {
     let [n, c, h, w] = x.shape();
     let (ho, wo, groups) = (h * scale, w * scale, x.quad_channels());
     let total = n * groups * ho * wo;
-    let mut data = uninit_quads(total);
-    let out = SharedOut(data.as_mut_ptr());
+    let mut data = quad_buffer_uninit(total);
+    let out = SyncPtr(data.as_mut_ptr());
     let work = |gi: usize| {
         let src = x.quad_plane(gi / groups, gi % groups);
         // SAFETY: item gi writes output quad plane gi only.
@@ -234,7 +141,7 @@ pub fn max_pool2d_quantized(x: &QTensor, kernel: usize, stride: usize, padding: 
     let wo = (w + 2 * padding - kernel) / stride + 1;
     let groups = x.quad_channels();
     let mut data = quad_buffer(n * groups * ho * wo);
-    let out = SharedOut(data.as_mut_ptr());
+    let out = SyncPtr(data.as_mut_ptr());
     let work = |gi: usize| {
         let src = bytes(x.quad_plane(gi / groups, gi % groups));
         // SAFETY: item gi writes output quad plane gi only.
@@ -302,7 +209,7 @@ pub fn add_quantized(y: &Tensor, x: &QTensor, out: QParams) -> QTensor {
     let mut data = quad_buffer(n * groups * plane);
     let (inv, zp) = (1.0 / out.scale, f32::from(out.zero_point));
     let (xs, xzp) = (x.params().scale, i32::from(x.params().zero_point));
-    let dst_ptr = SharedOut(data.as_mut_ptr());
+    let dst_ptr = SyncPtr(data.as_mut_ptr());
     let work = |gi: usize| {
         let (img, g) = (gi / groups, gi % groups);
         // SAFETY: item gi writes quad plane gi only.
@@ -345,7 +252,7 @@ pub fn requantize_tensor(x: &QTensor, out: QParams) -> QTensor {
     let mut data = quad_buffer(x.quads().len());
     let items = data.len().div_ceil(PARALLEL_MIN).max(1);
     let total = data.len();
-    let out_ptr = SharedOut(data.as_mut_ptr());
+    let out_ptr = SyncPtr(data.as_mut_ptr());
     let work = |i: usize| {
         let (start, end) = (i * PARALLEL_MIN, ((i + 1) * PARALLEL_MIN).min(total));
         // SAFETY: item i writes quads start..end only.
@@ -394,12 +301,14 @@ mod tests {
     }
 
     #[test]
-    fn quantize_rows_equals_quantize_tensor() {
+    fn quantize_tensor_equals_the_scalar_rounding() {
+        // Rows split over several items (3000 wide, 130 high), partial last quads of 1..=3 channels.
         let mut rng = Rng::new(1);
         for shape in [[1, 3, 64, 48], [2, 5, 7, 9], [1, 8, 3, 3000], [1, 1, 1, 1], [1, 6, 130, 70]] {
             let x = random(shape, &mut rng, -3.0, 5.0);
             let p = params(0.03, 97);
-            assert_eq!(quantize_rows(&x, p), quantize_tensor(&x, p), "{shape:?}");
+            let values: Vec<u8> = x.data().iter().map(|&v| p.quantize(v)).collect();
+            assert_eq!(quantize_tensor(&x, p), QTensor::from_nchw_u8(shape, p, &values).unwrap(), "{shape:?}");
         }
     }
 
