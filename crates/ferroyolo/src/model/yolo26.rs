@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use super::config::{LayerSpec, ModelPlan};
 use super::weights::WeightStore;
 use crate::engine::int8::{
-    add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, quantize_parts, quantize_tensor, requantize_tensor, union_params, upsample_nearest_quantized, QConv2d, QParams,
+    add_quantized, concat_quantized, dequantize, max_pool2d_quantized, quantize_parts, quantize_tensor, requantize_tensor, union_params, upsample_nearest_quantized, QConv2d, QParams,
     QTensor,
 };
 use crate::engine::{self, Activation, Conv2d, Tensor};
@@ -146,7 +146,7 @@ impl Act<'_> {
         match self {
             Act::F32(t) => Cow::Borrowed(t),
             Act::Input(t) => Cow::Borrowed(*t),
-            Act::Q(q) => Cow::Owned(dequantize_profiled(q)),
+            Act::Q(q) => Cow::Owned(dequantize(q)),
         }
     }
 

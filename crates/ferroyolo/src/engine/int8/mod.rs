@@ -57,7 +57,7 @@ use super::tensor::Tensor;
 use super::threads::parallel_for;
 
 pub use conv::QConv2d;
-pub use ops::{add_quantized, concat_quantized, dequantize_profiled, max_pool2d_quantized, requantize_tensor, union_params, upsample_nearest_quantized};
+pub use ops::{add_quantized, concat_quantized, max_pool2d_quantized, requantize_tensor, union_params, upsample_nearest_quantized};
 
 /// The int8 kernel implementation (instruction set) a convolution runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -399,6 +399,13 @@ pub(crate) fn for_items(items: usize, total: usize, work: &(dyn Fn(usize) + Sync
 
 /// The f32 NCHW tensor a quantized one stands for.
 pub fn dequantize(q: &QTensor) -> Tensor {
+    let span = super::profile::start();
+    let t = dequantize_inner(q);
+    span.finish(0, || format!("int8 dequantize {:?}", q.shape()));
+    t
+}
+
+fn dequantize_inner(q: &QTensor) -> Tensor {
     let [n, c, h, w] = q.shape;
     let plane = h * w;
     let (scale, zp) = (q.params.scale, q.params.zero_point as i32);

@@ -266,14 +266,6 @@ pub fn requantize_tensor(x: &QTensor, out: QParams) -> QTensor {
     QTensor { shape: [n, c, h, w], params: out, data }
 }
 
-/// [`dequantize`] with a profile entry (the f32 edges of a quantized region).
-pub fn dequantize_profiled(x: &QTensor) -> Tensor {
-    let span = profile::start();
-    let t = super::dequantize(x);
-    span.finish(0, || format!("int8 dequantize {:?}", x.shape()));
-    t
-}
-
 /// The smallest parameters whose range (`[scale·(0 - zp), scale·(255 - zp)]`) covers both `a`'s and
 /// `b`'s: for one tensor read by several INT8 layers calibrated separately. Equal inputs give `a`.
 pub fn union_params(a: QParams, b: QParams) -> QParams {
